@@ -1,0 +1,68 @@
+"""Run a spec's pipeline on this machine: kfp.local executes the steps as subprocesses of the current
+environment, and each training step runs its TorchX app with the `local_cwd` scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import warnings
+from typing import TextIO
+
+from kfp import local
+
+from pipelines.launcher import LOCAL_SCHEDULER
+from pipelines.pipeline import build_pipeline
+from trainer import layout, storage
+from trainer.spec import ExperimentSpec
+
+EXECUTOR_TAG = "[KFP Executor "
+
+
+class ExecutorLogFilter(io.TextIOBase):
+    """Drops the KFP executor's own INFO lines (including its multi-line dump of every step's inputs) from
+    what kfp.local relays, keeping the steps' output and kfp.local's task status lines."""
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.pending = ""
+        self.in_dump = False
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if self._keep(line):
+                self.target.write(line + "\n")
+        self.target.flush()
+        return len(text)
+
+    def _keep(self, line: str) -> bool:
+        if self.in_dump:
+            # kfp.local indents the step's output by 4 spaces; the dump is JSON closed at column 0.
+            self.in_dump = line != "    }"
+            return False
+        if EXECUTOR_TAG in line:
+            self.in_dump = line.rstrip().endswith(":")
+            return False
+        return True
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def run_local(spec: ExperimentSpec, run_id: str, verbose: bool = False) -> None:
+    """Raises when a step fails (kfp.local stops the pipeline at the first failed task)."""
+    pipeline_root = storage.join(layout.run_dir(spec, run_id), "kfp")
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True
+    )
+    pipeline = build_pipeline(spec)
+    # kfp.local ignores display names and images; both matter only on a cluster, so say nothing of them here.
+    warnings.filterwarnings("ignore", message=r"Task '.*': settings \['display_name'\] have no effect")
+    warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
+    if verbose:
+        pipeline(run_id=run_id, scheduler=LOCAL_SCHEDULER)
+        return
+    with contextlib.redirect_stdout(ExecutorLogFilter(sys.stdout)):
+        pipeline(run_id=run_id, scheduler=LOCAL_SCHEDULER)

@@ -1,0 +1,79 @@
+"""Assemble the KFP v2 pipeline of an experiment spec, and compile it to IR YAML.
+
+    prepare-data(pretrain) -> pretrain -> for each fine-tune stage:
+        prepare-data(stage) -> finetune(stage) -> evaluate(stage)
+
+Pipeline parameters: `spec_json` (the validated spec), `run_id` (empty: the KFP run's id), `scheduler`
+(`kubernetes` on a cluster, `local_cwd` for `mega3d run`). No `from __future__ import annotations`:
+KFP reads the pipeline function's annotations as types.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from kfp import compiler, dsl
+
+from pipelines import steps
+from trainer.spec import PRETRAIN, ExperimentSpec
+
+CLUSTER_SCHEDULER = "kubernetes"
+
+
+def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
+    def component(func: Callable[..., None]) -> Callable[..., dsl.PipelineTask]:
+        return dsl.component(func, base_image=spec.image, install_kfp_package=False)
+
+    prepare_data = component(steps.prepare_data)
+    pretrain = component(steps.pretrain)
+    finetune = component(steps.finetune)
+    evaluate = component(steps.evaluate)
+
+    def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+        # Every run writes a new run directory: a cached step would point at another run's files.
+        return task.set_display_name(name).set_caching_options(False)
+
+    @dsl.pipeline(name=f"mega3d-{spec.name}", description=f"mega3d experiment {spec.name}")
+    def experiment(
+        spec_json: str = spec.model_dump_json(), run_id: str = "", scheduler: str = CLUSTER_SCHEDULER
+    ) -> None:
+        def prepare(stage: str) -> dsl.PipelineTask:
+            task = prepare_data(
+                spec_json=spec_json, stage=stage, run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+            )
+            return step(task, f"prepare-data {stage}")
+
+        data = prepare(PRETRAIN)
+        trained = {
+            PRETRAIN: step(
+                pretrain(spec_json=spec_json, scheduler=scheduler, data=data.outputs["data"]), PRETRAIN
+            )
+        }
+        for stage in spec.finetune:
+            data = prepare(stage.name)
+            tuned = step(
+                finetune(
+                    spec_json=spec_json,
+                    stage=stage.name,
+                    scheduler=scheduler,
+                    data=data.outputs["data"],
+                    init=trained[stage.init_from].outputs["model"],
+                ),
+                f"finetune {stage.name}",
+            )
+            trained[stage.name] = tuned
+            step(
+                evaluate(
+                    spec_json=spec_json,
+                    stage=stage.name,
+                    scheduler=scheduler,
+                    data=data.outputs["data"],
+                    model=tuned.outputs["model"],
+                ),
+                f"evaluate {stage.name}",
+            )
+
+    return experiment
+
+
+def compile_pipeline(spec: ExperimentSpec, path: str) -> None:
+    compiler.Compiler().compile(build_pipeline(spec), package_path=path)

@@ -1,0 +1,80 @@
+"""torchrun entry point: `python -m trainer {train,evaluate} --spec URI --stage NAME ...`.
+
+Reads the (already validated) spec from storage and turns the stage into a plain TrainJob.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from trainer import storage
+from trainer.spec import ExperimentSpec, FinetuneSpec, spec_from_json
+from trainer.train import Trainer, TrainJob
+
+
+def build_job(
+    spec: ExperimentSpec, stage_name: str, data_index: str, out_dir: str, init: str | None
+) -> TrainJob:
+    stage = spec.stage(stage_name)
+    model = spec.pretrain.model
+    return TrainJob(
+        stage=stage_name,
+        data_index=data_index,
+        out_dir=out_dir,
+        model_name=model.name,
+        model_options={"widen_factor": model.widen_factor},
+        init_checkpoint=init,
+        train_from=stage.train_from if isinstance(stage, FinetuneSpec) else None,
+        epochs=stage.epochs,
+        batch_size=stage.batch_size,
+        num_workers=stage.num_workers,
+        clip_frames=stage.clip.frames,
+        clip_size=stage.clip.size,
+        clip_flip=stage.clip.flip,
+        lr=stage.optimizer.lr,
+        momentum=stage.optimizer.momentum,
+        weight_decay=stage.optimizer.weight_decay,
+        patience=stage.schedule.patience,
+        factor=stage.schedule.factor,
+        eval_split=spec.evaluation.split,
+        eval_batch_size=spec.evaluation.batch_size,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser.add_argument("command", choices=["train", "evaluate"])
+    parser.add_argument("--spec", required=True, help="URI of the spec JSON")
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("--data-index", required=True, help="URI of the dataset index")
+    parser.add_argument("--out", required=True, help="directory URI for checkpoint and metrics")
+    parser.add_argument("--init", help="checkpoint to start from (train) or to evaluate (evaluate)")
+    args = parser.parse_args(argv)
+    if args.command == "evaluate" and not args.init:
+        parser.error("evaluate needs --init CHECKPOINT")
+
+    spec = spec_from_json(storage.read_bytes(args.spec).decode())
+    job = build_job(spec, args.stage, args.data_index, args.out, args.init)
+    started = time.monotonic()
+    trainer = Trainer(job)
+    try:
+        trainer.setup()
+        if args.command == "train":
+            trainer.train()
+            checkpoint = trainer.checkpoint_uri
+        else:
+            checkpoint = args.init
+        evaluation = trainer.evaluate(job.eval_split)
+        trainer.write_metrics(evaluation, time.monotonic() - started, checkpoint)
+        trainer.log(
+            f"{job.eval_split}: clip accuracy {evaluation['clip_accuracy']:.3f}  "
+            f"video top-1 {evaluation['video_top1']:.3f}  top-5 {evaluation['video_top5']:.3f}  "
+            f"({evaluation['n_videos']} videos, {evaluation['n_clips']} clips)"
+        )
+    finally:
+        trainer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The experiment spec: the one contract between the CLI, the pipeline and the trainer.
+
+Torch-free on purpose: the CLI and the pipeline launcher import it without pulling in torch.
+A spec is validated once, when it is loaded (`load_spec` / `parse_spec`); every problem is reported
+with the file and the dotted path of the field, and later layers trust what they are given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# The model families a spec may name, with their depths. The model registry in trainer.models
+# is built from this table, so the two cannot drift apart.
+MODEL_DEPTHS: dict[str, tuple[int, ...]] = {
+    "r3d": (10, 18, 34, 50, 101, 152, 200),
+}
+
+
+# Top-level modules of every model, in forward order: a fine-tune stage may start training at any of them.
+MODULE_ORDER = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def model_names() -> list[str]:
+    return [f"{family}-{depth}" for family, depths in MODEL_DEPTHS.items() for depth in depths]
+
+
+# Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
+DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
+PRETRAIN = "pretrain"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Name = Annotated[str, Field(pattern=DNS_NAME)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticSpec(_Strict):
+    """Parameters of a synthetic motion dataset; `mega3d data synth` takes the same ones."""
+
+    classes: PositiveInt = 4
+    videos_per_class: PositiveInt = 16
+    frames: PositiveInt = 24
+    size: Annotated[int, Field(ge=16)] = 48
+    speed: PositiveFloat = 1.5
+    rotation: float = 0.0
+    seed: int = 0
+
+
+class DatasetSpec(_Strict):
+    uri: str = Field(min_length=1, description="fsspec URI; relative paths are under `storage`.")
+    synthetic: SyntheticSpec | None = Field(
+        default=None, description="Synthesize the dataset at `uri` when it does not exist yet."
+    )
+
+
+class ModelSpec(_Strict):
+    name: str = "r3d-18"
+    widen_factor: PositiveFloat = 1.0
+
+
+class ClipSpec(_Strict):
+    frames: PositiveInt = 16
+    size: Annotated[int, Field(ge=8)] = 112
+    flip: bool = Field(default=True, description="Random horizontal flips; off when left and right differ.")
+
+
+class OptimizerSpec(_Strict):
+    """SGD with the paper's defaults."""
+
+    lr: PositiveFloat = 0.003
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.001
+
+
+class ScheduleSpec(_Strict):
+    """Divide the learning rate by 1/factor when validation loss has not improved for `patience` epochs."""
+
+    patience: Annotated[int, Field(ge=0)] = 10
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+
+class ResourcesSpec(_Strict):
+    nnodes: PositiveInt = 1
+    nproc_per_node: PositiveInt = 1
+    gpus: Annotated[int, Field(ge=0)] = 0
+    cpu: PositiveInt = 4
+    memory_gb: PositiveInt = 16
+
+
+class _StageSpec(_Strict):
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = Field(default=32, description="Clips per process and step.")
+    num_workers: Annotated[int, Field(ge=0)] = 4
+    clip: ClipSpec = ClipSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    max_retries: Annotated[int, Field(ge=0)] = 0
+
+
+class PretrainSpec(_StageSpec):
+    datasets: list[str] = Field(min_length=1, description="Datasets whose label spaces are concatenated.")
+    model: ModelSpec = ModelSpec()
+
+
+class FinetuneSpec(_StageSpec):
+    name: Name
+    dataset: str
+    init_from: str = Field(default=PRETRAIN, description="The stage whose checkpoint is the start point.")
+    train_from: str | None = Field(
+        default=None,
+        description="First module to train (e.g. layer4); earlier modules are frozen. None trains all.",
+    )
+
+
+class EvaluationSpec(_Strict):
+    split: Literal["training", "validation", "testing"] = "validation"
+    batch_size: PositiveInt = 32
+
+
+class ExperimentSpec(_Strict):
+    name: Name
+    storage: str = Field(min_length=1, description="Root URI for datasets, checkpoints and metrics.")
+    image: str = "mega3d:latest"
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    pretrain: PretrainSpec
+    finetune: list[FinetuneSpec] = Field(min_length=1)
+    evaluation: EvaluationSpec = EvaluationSpec()
+
+    def stage(self, name: str) -> PretrainSpec | FinetuneSpec:
+        if name == PRETRAIN:
+            return self.pretrain
+        for stage in self.finetune:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage named {name!r}")
+
+    def stage_datasets(self, name: str) -> list[str]:
+        """The datasets a stage trains on: the pretraining merge, or a fine-tune stage's target."""
+        stage = self.stage(name)
+        return stage.datasets if isinstance(stage, PretrainSpec) else [stage.dataset]
+
+    def stage_names(self) -> list[str]:
+        return [PRETRAIN, *(stage.name for stage in self.finetune)]
+
+    def dataset_uri(self, name: str) -> str:
+        uri = self.datasets[name].uri
+        if "://" in uri or uri.startswith("/"):
+            return uri
+        return f"{self.storage.rstrip('/')}/{uri}"
+
+    def with_storage(self, storage: str) -> ExperimentSpec:
+        return self.model_copy(update={"storage": storage})
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; one line per problem, each naming the source and the field."""
+
+    def __init__(self, source: str, problems: Iterable[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.source}: {p.path}: {p.message}" if p.path else f"{self.source}: {p.message}"
+            for p in self.problems
+        ]
+
+
+def _dotted(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_FRIENDLY = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+}
+
+
+def _pydantic_problems(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        message = _FRIENDLY.get(item["type"], item["msg"])
+        if item["type"] not in ("missing",):
+            message += f" (got {json.dumps(item['input'], default=str)[:60]})"
+        problems.append(Problem(_dotted(item["loc"]), message))
+    return problems
+
+
+def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
+    known = sorted(spec.datasets)
+    problems = []
+
+    def check_dataset(path: str, name: str) -> None:
+        if name not in spec.datasets:
+            problems.append(Problem(path, f"unknown dataset {name!r} (defined: {', '.join(known)})"))
+
+    for i, name in enumerate(spec.pretrain.datasets):
+        check_dataset(f"pretrain.datasets[{i}]", name)
+    if spec.pretrain.model.name not in model_names():
+        problems.append(
+            Problem(
+                "pretrain.model.name",
+                f"unknown architecture {spec.pretrain.model.name!r} (known: {', '.join(model_names())})",
+            )
+        )
+    earlier = [PRETRAIN]
+    for i, stage in enumerate(spec.finetune):
+        check_dataset(f"finetune[{i}].dataset", stage.dataset)
+        if stage.name in earlier:
+            problems.append(Problem(f"finetune[{i}].name", f"stage name {stage.name!r} is already used"))
+        if stage.train_from is not None and stage.train_from not in MODULE_ORDER:
+            problems.append(
+                Problem(
+                    f"finetune[{i}].train_from",
+                    f"unknown module {stage.train_from!r} (one of: {', '.join(MODULE_ORDER)})",
+                )
+            )
+        if stage.init_from not in earlier:
+            problems.append(
+                Problem(
+                    f"finetune[{i}].init_from",
+                    f"{stage.init_from!r} is not an earlier stage (earlier: {', '.join(earlier)})",
+                )
+            )
+        earlier.append(stage.name)
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
+    """Validate plain data (as loaded from YAML/JSON) into a spec, or raise SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [Problem("", "the spec must be a mapping of fields")])
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(source, _pydantic_problems(error)) from None
+    problems = _reference_problems(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read a YAML spec file (safe loader) and validate it."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SpecError(source, [Problem("", f"cannot read: {error.strerror or error}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise SpecError(
+            source, [Problem("", f"{where}invalid YAML ({getattr(error, 'problem', error)})")]
+        ) from None
+    return parse_spec(data, source)
+
+
+def spec_from_json(text: str) -> ExperimentSpec:
+    """Re-read a spec that was validated at the boundary and passed on as JSON."""
+    return ExperimentSpec.model_validate_json(text)
+
+
+def summary(spec: ExperimentSpec) -> str:
+    pre = spec.pretrain
+    res = pre.resources
+    targets = ", ".join(f"{s.name}({s.dataset})" for s in spec.finetune)
+    return (
+        f"{spec.name}: pretrain {pre.model.name} on {'+'.join(pre.datasets)} "
+        f"({res.nnodes}x{res.nproc_per_node}, {pre.epochs} epochs), fine-tune {targets}; "
+        f"storage {spec.storage}"
+    )

@@ -1,0 +1,323 @@
+"""The Trainer: DDP training and evaluation of one stage, in explicit phases.
+
+    setup()     process group, data, model (fresh or from a checkpoint), frozen modules, optimizer, resume
+    train()     epochs of train_epoch() + validate(); LR drops on a validation-loss plateau; save() each epoch
+    evaluate()  clip accuracy and video top-1/top-5 over every non-overlapping window of a split
+    close()     leave the process group
+
+Ranks come from the torchrun environment; without torchrun the Trainer runs as a world of one.
+gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from trainer import storage
+from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainer.data.clips import EvaluationWindows, TrainingClips
+from trainer.data.format import DatasetIndex, load_index
+from trainer.evaluate import summarize
+from trainer.layout import CHECKPOINT_FILE, METRICS_FILE
+from trainer.models import build_model
+
+PROGRESS_EVERY_S = 20.0
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one stage needs, as plain values (built from the spec by the entry point)."""
+
+    stage: str
+    data_index: str
+    out_dir: str
+    model_name: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    init_checkpoint: str | None = None
+    train_from: str | None = None
+    epochs: int = 1
+    batch_size: int = 8
+    num_workers: int = 0
+    clip_frames: int = 16
+    clip_size: int = 112
+    clip_flip: bool = True
+    lr: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 0.001
+    patience: int = 10
+    factor: float = 0.1
+    eval_split: str = "validation"
+    eval_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Rank:
+    if "RANK" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+        )
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Rank(dist.get_rank(), dist.get_world_size(), device)
+
+
+def gather(value: Any) -> list[Any]:
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+class Trainer:
+    def __init__(self, job: TrainJob) -> None:
+        self.job = job
+        self.checkpoint_uri = storage.join(job.out_dir, CHECKPOINT_FILE)
+        self.history: list[dict[str, float]] = []
+        self.start_epoch = 1
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        job = self.job
+        self.rank = init_distributed()
+        self.ranks = gather({"rank": self.rank.rank, "pid": os.getpid(), "host": socket.gethostname()})
+        self.index: DatasetIndex = load_index(job.data_index)
+        self.classes = self.index.classes
+        self.model = self._build_model().to(self.rank.device)
+        self.frozen = self._freeze(job.train_from)
+        self.ddp = DistributedDataParallel(
+            self.model, device_ids=[self.rank.device.index] if self.rank.device.index is not None else None
+        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            trainable, lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=job.factor, patience=job.patience
+        )
+        self.loss_fn = nn.CrossEntropyLoss()
+        self._resume()
+        members = ", ".join(f"rank {r['rank']} pid {r['pid']}" for r in self.ranks)
+        self.log(
+            f"world size {self.rank.world_size} ({members}); "
+            f"{len(self.classes)} classes; {job.model_name}; "
+            f"{sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in self.model.parameters()):,} "
+            "parameters trained"
+        )
+
+    def _build_model(self) -> nn.Module:
+        job = self.job
+        if job.init_checkpoint is None:
+            return build_model(job.model_name, len(self.classes), **job.model_options)
+        return model_from_checkpoint(load_checkpoint(job.init_checkpoint), len(self.classes))
+
+    def _freeze(self, first_trained: str | None) -> list[nn.Module]:
+        """Freeze every top-level module before `first_trained`; those stay in eval mode (BN stats fixed)."""
+        if first_trained is None:
+            return []
+        children = dict(self.model.named_children())
+        if first_trained not in children:
+            raise ValueError(
+                f"train_from: the model has no module {first_trained!r} (has: {', '.join(children)})"
+            )
+        frozen = []
+        for name, module in children.items():
+            if name == first_trained:
+                break
+            module.requires_grad_(False)
+            frozen.append(module)
+        return frozen
+
+    def _resume(self) -> None:
+        """A restarted job (Volcano restarts every pod on any failure) continues after its last epoch."""
+        if not storage.exists(self.checkpoint_uri):
+            return
+        state = load_checkpoint(self.checkpoint_uri)
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = json.loads(state["history"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.log(f"resuming after epoch {state['epoch']} from {self.checkpoint_uri}")
+
+    def _loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, drop_last=False)  # type: ignore[var-annotated]
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.job.num_workers,
+            persistent_workers=self.job.num_workers > 0,
+        )
+
+    # ---- training ----------------------------------------------------------------------------------
+    def train(self) -> None:
+        job = self.job
+        clips = TrainingClips(self.index, "training", job.clip_frames, job.clip_size, job.clip_flip)
+        if len(clips) == 0:
+            raise ValueError(f"{job.data_index}: the dataset has no training videos")
+        loader = self._loader(clips, job.batch_size, shuffle=True)
+        val_windows = EvaluationWindows(
+            self.index, "validation", job.clip_frames, job.clip_size, middle_only=True
+        )
+        val_loader = (
+            self._loader(val_windows, job.eval_batch_size, shuffle=False) if len(val_windows) else None
+        )
+        for epoch in range(self.start_epoch, job.epochs + 1):
+            assert isinstance(loader.sampler, DistributedSampler)
+            loader.sampler.set_epoch(epoch)
+            started = time.monotonic()
+            train_loss, train_acc, n_clips = self.train_epoch(loader, epoch)
+            val_loss = self.validate(val_loader) if val_loader is not None else train_loss
+            self.scheduler.step(val_loss)
+            seconds = time.monotonic() - started
+            record = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "clips_per_s": n_clips / seconds,
+            }
+            self.history.append(record)
+            self.save(epoch)
+            self.log(
+                f"epoch {epoch}/{job.epochs}  loss {train_loss:.3f}  acc {train_acc:.3f}  "
+                f"val-loss {val_loss:.3f}  lr {record['lr']:.2g}  {record['clips_per_s']:.0f} clips/s  "
+                f"{seconds:.1f}s"
+            )
+
+    def train_mode(self) -> None:
+        self.model.train()
+        for module in self.frozen:
+            module.eval()
+
+    def train_epoch(self, loader: DataLoader[Any], epoch: int) -> tuple[float, float, int]:
+        self.train_mode()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+        last_report = time.monotonic()
+        for step, (clips, labels) in enumerate(loader, 1):
+            loss, correct = self.train_step(clips.to(self.rank.device), labels.to(self.rank.device))
+            totals += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
+            if time.monotonic() - last_report > PROGRESS_EVERY_S:
+                last_report = time.monotonic()
+                self.log(f"epoch {epoch}  step {step}/{len(loader)}  loss {totals[0] / totals[2]:.3f}")
+        dist.all_reduce(totals)
+        loss_sum, correct, n = totals.tolist()
+        return loss_sum / n, correct / n, int(n)
+
+    def train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+        logits = self.ddp(clips)
+        loss = self.loss_fn(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), int((logits.argmax(1) == labels).sum())
+
+    @torch.no_grad()
+    def validate(self, loader: DataLoader[Any]) -> float:
+        self.model.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        for clips, labels, _ in loader:
+            logits = self.model(clips.to(self.rank.device))
+            loss = nn.functional.cross_entropy(logits, labels.to(self.rank.device), reduction="sum")
+            totals += torch.tensor([float(loss), len(labels)], dtype=torch.float64)
+        dist.all_reduce(totals)
+        return float(totals[0] / totals[1])
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, Any]:
+        job = self.job
+        windows = EvaluationWindows(self.index, split, job.clip_frames, job.clip_size)
+        if len(windows) == 0:
+            raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
+        self.model.eval()
+        videos, probs = [], []
+        for clips, _, numbers in self._loader(windows, job.eval_batch_size, shuffle=False):
+            probs.append(torch.softmax(self.model(clips.to(self.rank.device)), dim=1).cpu().numpy())
+            videos.append(numbers.numpy())
+        parts = gather((np.concatenate(videos), np.concatenate(probs)))
+        gathered_videos = np.concatenate([v for v, _ in parts])
+        gathered_probs = np.concatenate([p for _, p in parts])
+        # DistributedSampler pads the window list so that every rank gets as many: keep each window once.
+        first = np.unique(_sampler_indices(len(windows), self.rank.world_size), return_index=True)[1]
+        labels = np.array([video.label for video in windows.videos])
+        return {"split": split, **summarize(gathered_videos[first], gathered_probs[first], labels)}
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save(self, epoch: int) -> None:
+        if not self.rank.is_main:
+            return
+        save_checkpoint(
+            self.checkpoint_uri,
+            {
+                "epoch": epoch,
+                "arch": self.job.model_name,
+                "model_options": self.job.model_options,
+                "classes": self.classes,
+                "state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "history": json.dumps(self.history),
+            },
+        )
+
+    def write_metrics(self, evaluation: dict[str, Any], seconds: float, checkpoint: str) -> dict[str, Any]:
+        metrics = {
+            "stage": self.job.stage,
+            "world_size": self.rank.world_size,
+            "ranks": self.ranks,
+            "classes": self.classes,
+            "checkpoint": checkpoint,
+            "job": asdict(self.job),
+            "history": self.history,
+            "seconds": seconds,
+            **evaluation,
+        }
+        if self.rank.is_main:
+            storage.write_json(storage.join(self.job.out_dir, METRICS_FILE), metrics)
+        return metrics
+
+    def log(self, message: str) -> None:
+        if self.rank.is_main:
+            print(f"[{self.job.stage}] {message}", flush=True, file=sys.stdout)
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _sampler_indices(n: int, world_size: int) -> np.ndarray:
+    """The window index behind each gathered prediction: rank r took indices r, r + W, r + 2W, ... of
+    the list padded (by wrapping) to a multiple of W; predictions were gathered rank by rank."""
+    padded = np.arange(math.ceil(n / world_size) * world_size) % n
+    return np.concatenate([padded[r::world_size] for r in range(world_size)])
