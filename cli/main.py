@@ -62,16 +62,32 @@ def compile_command(
     ] = Path("pipeline.yaml"),
 ) -> None:
     """Compile a spec into a Kubeflow Pipelines (v2) pipeline: IR YAML to upload or submit."""
+    if output.suffix not in (".yaml", ".yml", ".json"):
+        fail([f"--output {output}: the pipeline file must end in .yaml, .yml or .json"])
     experiment = read_spec(spec)
     from pipelines.pipeline import compile_pipeline
 
-    partial = output.with_name(f".{output.name}.partial")
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     try:
         compile_pipeline(experiment, str(partial))
         os.replace(partial, output)
     finally:
         partial.unlink(missing_ok=True)
     out.print(f"wrote {output} (pipeline mega3d-{experiment.name})")
+
+
+def missing_datasets(spec: ExperimentSpec, source: str) -> list[str]:
+    """Datasets the run would need that neither exist nor can be synthesized: caught before any step runs."""
+    from trainer import storage
+    from trainer.data.format import index_uri
+
+    used = sorted({name for stage in spec.stage_names() for name in spec.stage_datasets(stage)})
+    return [
+        f"{source}: datasets.{name}.uri: no dataset at {spec.dataset_uri(name)} "
+        "(create it, e.g. with `mega3d data synth`, or give the dataset a `synthetic:` section)"
+        for name in used
+        if spec.datasets[name].synthetic is None and not storage.exists(index_uri(spec.dataset_uri(name)))
+    ]
 
 
 @app.command()
@@ -94,6 +110,9 @@ def run(
     run_dir = layout.run_dir(experiment, run_id)
     if storage.exists(run_dir):
         fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
+    missing = missing_datasets(experiment, str(spec))
+    if missing:
+        fail(missing)
     out.print(f"[bold]mega3d run[/bold] {summary(experiment)}", soft_wrap=True)
     out.print(f"run directory: {run_dir}", soft_wrap=True)
     started = time.monotonic()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+MEGA3D = str(Path(sys.executable).with_name("mega3d"))
+
+
+def mega3d(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it."""
+    return subprocess.run([MEGA3D, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 3-class synthetic dataset small enough to train on in seconds."""
+    from trainer.data.synth import synthesize
+    from trainer.spec import SyntheticSpec
+
+    uri = str(tmp_path_factory.mktemp("data") / "tiny")
+    synthesize(uri, SyntheticSpec(classes=3, videos_per_class=6, frames=10, size=24, seed=7))
+    return uri

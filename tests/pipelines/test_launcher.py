@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import io
+import sys
+
+import pytest
+from torchx import specs
+
+from pipelines.launcher import LaunchError, launch
+from pipelines.local import ExecutorLogFilter
+
+
+def python_app(name: str, code: str, replicas: int = 1) -> specs.AppDef:
+    role = specs.Role(
+        name="worker",
+        image="unused",
+        entrypoint=sys.executable,
+        args=["-c", code, specs.macros.replica_id],
+        num_replicas=replicas,
+    )
+    return specs.AppDef(name=name, roles=[role])
+
+
+def test_launch_streams_every_replicas_log(capsys: pytest.CaptureFixture[str]) -> None:
+    launch(python_app("hello", "import sys; print('hello from', sys.argv[1])", replicas=2), "local_cwd")
+    printed = capsys.readouterr().out
+    assert "node0 | hello from 0" in printed and "node1 | hello from 1" in printed
+
+
+def test_a_failed_job_fails_the_step() -> None:
+    with pytest.raises(LaunchError, match=r"TorchX job local_cwd://.* ended FAILED"):
+        launch(python_app("boom", "raise SystemExit(3)"), "local_cwd")
+
+
+def test_executor_noise_is_filtered_and_step_output_kept() -> None:
+    relayed = (
+        "    [KFP Executor 2026-01-01 INFO]: Looking for component `x`\n"
+        "    [KFP Executor 2026-01-01 INFO]: Got executor_input:\n"
+        '    {\n        "inputs": {}\n    }\n'
+        "    step output line\n"
+        "    [KFP Executor 2026-01-01 INFO]: Wrote executor output file to /x.\n"
+        "Task 'x' finished with status SUCCESS\n"
+    )
+    target = io.StringIO()
+    writer = ExecutorLogFilter(target)  # type: ignore[arg-type]
+    for piece in (relayed[:50], relayed[50:]):  # lines may arrive split
+        writer.write(piece)
+    assert target.getvalue() == "    step output line\nTask 'x' finished with status SUCCESS\n"

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from pipelines.pipeline import compile_pipeline
+from tests.conftest import QUICKSTART, mega3d
+from trainer.spec import load_spec
+
+GOLDEN = Path(__file__).parent / "golden" / "quickstart.yaml"
+
+
+def compiled(tmp_path: Path) -> str:
+    path = tmp_path / "pipeline.yaml"
+    compile_pipeline(load_spec(QUICKSTART), str(path))
+    return path.read_text()
+
+
+def test_ir_parses_into_a_pipeline_spec(tmp_path: Path) -> None:
+    spec = json_format.ParseDict(yaml.safe_load(compiled(tmp_path)), pipeline_spec_pb2.PipelineSpec())
+    assert spec.pipeline_info.name == "mega3d-quickstart"
+    tasks = spec.root.dag.tasks
+    assert sorted(tasks) == ["evaluate", "finetune", "prepare-data", "prepare-data-2", "pretrain"]
+    assert list(tasks["pretrain"].dependent_tasks) == ["prepare-data"]
+    assert sorted(tasks["finetune"].dependent_tasks) == ["prepare-data-2", "pretrain"]
+    assert sorted(tasks["evaluate"].dependent_tasks) == ["finetune", "prepare-data-2"]
+    assert tasks["finetune"].task_info.name == "finetune motion-c"
+    assert all(not task.caching_options.enable_cache for task in tasks.values())
+    parameters = spec.root.input_definitions.parameters
+    assert sorted(parameters) == ["run_id", "scheduler", "spec_json"]
+    assert parameters["scheduler"].default_value.string_value == "kubernetes"
+    outputs = spec.components["comp-pretrain"].output_definitions.artifacts
+    assert outputs["model"].artifact_type.schema_title == "system.Model"
+    assert outputs["metrics"].artifact_type.schema_title == "system.Metrics"
+
+
+def test_quickstart_matches_its_golden_file(tmp_path: Path) -> None:
+    """Compiling is deterministic. After an intended change: UPDATE_GOLDEN=1 pytest tests/pipelines."""
+    text = compiled(tmp_path)
+    (tmp_path / "again").mkdir()
+    assert compiled(tmp_path / "again") == text
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_compile_command_writes_the_file_or_nothing(tmp_path: Path) -> None:
+    output = tmp_path / "out.yaml"
+    result = mega3d("compile", str(QUICKSTART), "-o", str(output))
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout and output.read_text() == GOLDEN.read_text()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("epochs: 30", "epochs: -1"))
+    failed = mega3d("compile", str(bad), "-o", str(tmp_path / "never.yaml"))
+    assert failed.returncode == 2 and "pretrain.epochs" in failed.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "out.yaml"]
+
+
+def test_compile_refuses_an_unknown_file_type(tmp_path: Path) -> None:
+    result = mega3d("compile", str(QUICKSTART), "-o", str(tmp_path / "pipeline.txt"))
+    assert result.returncode == 2 and "must end in .yaml" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.evaluate import summarize
+
+
+def test_video_accuracy_averages_window_probabilities() -> None:
+    # Video 0 (label 0): two windows, one wrong but unsure, so the average is right.
+    # Video 1 (label 2): one window, confidently wrong (class 2 ranks 2nd).
+    window_videos = np.array([0, 0, 1])
+    window_probs = np.array(
+        [
+            [0.9, 0.1, 0.0],
+            [0.4, 0.6, 0.0],
+            [0.1, 0.6, 0.3],
+        ]
+    )
+    result = summarize(window_videos, window_probs, video_labels=np.array([0, 2]))
+    assert result["clip_accuracy"] == pytest.approx(1 / 3)
+    assert result["video_top1"] == pytest.approx(1 / 2)
+    assert result["video_top5"] == 1.0  # fewer than five classes: every label is in the top five
+    assert (result["n_clips"], result["n_videos"]) == (3, 2)
+
+
+def test_top5_misses_a_label_ranked_sixth() -> None:
+    probs = np.array([[0.3, 0.25, 0.2, 0.1, 0.08, 0.07]])
+    assert summarize(np.array([0]), probs, np.array([5]))["video_top5"] == 0.0
+    assert summarize(np.array([0]), probs, np.array([4]))["video_top5"] == 1.0

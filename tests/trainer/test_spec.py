@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import QUICKSTART, mega3d
+from trainer.spec import SpecError, load_spec, model_names, parse_spec
+
+
+def quickstart_data() -> dict:
+    return yaml.safe_load(QUICKSTART.read_text())
+
+
+def test_examples_load() -> None:
+    for path in sorted((QUICKSTART.parent).glob("*.yaml")):
+        spec = load_spec(path)
+        assert spec.stage_names()[0] == "pretrain"
+
+
+def test_defaults_are_the_papers_recipe() -> None:
+    data = quickstart_data()
+    del data["pretrain"]["optimizer"], data["pretrain"]["schedule"], data["pretrain"]["clip"]
+    pretrain = parse_spec(data).pretrain
+    assert (pretrain.optimizer.lr, pretrain.optimizer.momentum, pretrain.optimizer.weight_decay) == (
+        0.003,
+        0.9,
+        0.001,
+    )
+    assert (pretrain.schedule.patience, pretrain.schedule.factor) == (10, 0.1)
+    assert (pretrain.clip.frames, pretrain.clip.size, pretrain.clip.flip) == (16, 112, True)
+
+
+def edit(change: callable) -> dict:
+    data = quickstart_data()
+    change(data)
+    return data
+
+
+MISTAKES = {
+    "unknown field": (lambda d: d["pretrain"].update(epoch=3), "pretrain.epoch: unknown field"),
+    "wrong type": (lambda d: d["pretrain"].update(batch_size="many"), "pretrain.batch_size: Input should be"),
+    "negative epochs": (
+        lambda d: d["finetune"][0].update(epochs=-2),
+        "finetune[0].epochs: Input should be greater",
+    ),
+    "zero nodes": (lambda d: d["pretrain"]["resources"].update(nnodes=0), "pretrain.resources.nnodes:"),
+    "unknown dataset": (
+        lambda d: d["pretrain"]["datasets"].append("kinetics"),
+        "pretrain.datasets[2]: unknown dataset",
+    ),
+    "unknown target": (
+        lambda d: d["finetune"][0].update(dataset="ucf"),
+        "finetune[0].dataset: unknown dataset 'ucf'",
+    ),
+    "unknown architecture": (
+        lambda d: d["pretrain"]["model"].update(name="r3d-19"),
+        "pretrain.model.name: unknown architecture 'r3d-19'",
+    ),
+    "unknown module": (
+        lambda d: d["finetune"][0].update(train_from="layer9"),
+        "finetune[0].train_from: unknown module",
+    ),
+    "bad init_from": (
+        lambda d: d["finetune"][0].update(init_from="later"),
+        "finetune[0].init_from: 'later' is not",
+    ),
+    "missing field": (lambda d: d.pop("storage"), "storage: required field is missing"),
+    "not DNS-safe": (lambda d: d.update(name="Quick Start"), "name: String should match pattern"),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_each_mistake_names_its_dotted_path(mistake: str) -> None:
+    change, expected = MISTAKES[mistake]
+    with pytest.raises(SpecError) as caught:
+        parse_spec(edit(change), "bad.yaml")
+    assert any(line.startswith(f"bad.yaml: {expected}") for line in caught.value.lines()), (
+        caught.value.lines()
+    )
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    def two_mistakes(d: dict) -> None:
+        d["pretrain"]["epochs"] = 0
+        d["image"] = 3
+
+    with pytest.raises(SpecError) as caught:
+        parse_spec(edit(two_mistakes), "bad.yaml")
+    paths = sorted(line.split(": ")[1] for line in caught.value.lines())
+    assert paths == ["image", "pretrain.epochs"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: [unclosed", "line 1: invalid YAML"),
+        ("- just\n- a list\n", "the spec must be a mapping"),
+    ],
+)
+def test_unreadable_specs(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=expected):
+        load_spec(path)
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="invalid YAML"):
+        load_spec(path)
+
+
+def test_validate_command_exit_codes(tmp_path: Path) -> None:
+    good = mega3d("validate", str(QUICKSTART))
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.startswith("ok quickstart: pretrain r3d-10 on motion-a+motion-b (2x1")
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(edit(lambda d: d["pretrain"]["resources"].update(nnodes=-1, gpus="x"))))
+    result = mega3d("validate", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {bad}: pretrain.resources.") for line in lines)
+    assert "Traceback" not in result.stderr + result.stdout
+
+    missing = mega3d("validate", str(tmp_path / "nowhere.yaml"))
+    assert missing.returncode == 2 and "cannot read: No such file" in missing.stderr
+
+
+def test_model_names_cover_every_depth() -> None:
+    assert "r3d-10" in model_names() and "r3d-200" in model_names()

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trainer import storage
+
+
+@pytest.mark.parametrize("root", ["local", "memory://mega3d-test"])
+def test_round_trips(tmp_path: Path, root: str) -> None:
+    base = str(tmp_path) if root == "local" else root
+    uri = storage.join(base, "a", "b.bin")
+    storage.write_bytes(uri, b"0123456789")
+    assert storage.exists(uri)
+    assert storage.read_bytes(uri) == b"0123456789"
+    assert storage.read_range(uri, 3, 7) == b"3456"
+    storage.write_json(storage.join(base, "m.json"), {"x": [1, 2]})
+    assert storage.read_json(storage.join(base, "m.json")) == {"x": [1, 2]}
+
+
+def test_local_writes_leave_no_partial_files(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "file.bin"
+    storage.write_bytes(str(target), b"first")
+    storage.write_bytes(str(target), b"second")
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "file.bin"
+    storage.write_bytes(str(target), b"old")
+    with pytest.raises(TypeError):
+        storage.write_bytes(str(target), "not bytes")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_relative_entries_resolve_against_their_directory() -> None:
+    assert storage.resolve("gs://b/data", "shard-0.bin") == "gs://b/data/shard-0.bin"
+    assert storage.resolve("gs://b/data", "gs://other/x.bin") == "gs://other/x.bin"
+    assert storage.resolve("/data", "/abs/x.bin") == "/abs/x.bin"

@@ -1,0 +1,166 @@
+"""The trainer entry point as torchrun runs it (here: one process, a world of one)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.checkpoint import load_checkpoint
+from trainer.spec import parse_spec
+
+TINY_STAGE = {
+    "epochs": 2,
+    "batch_size": 4,
+    "num_workers": 0,
+    "clip": {"frames": 4, "size": 16},
+    "resources": {"cpu": 1},
+}
+
+
+def write_spec(tmp_path: Path, dataset: str, **finetune: Any) -> str:
+    spec = parse_spec(
+        {
+            "name": "tiny",
+            "storage": str(tmp_path),
+            "datasets": {"tiny": {"uri": dataset}},
+            "pretrain": {
+                "datasets": ["tiny"],
+                "model": {"name": "r3d-10", "widen_factor": 0.125},
+                **TINY_STAGE,
+            },
+            "finetune": [{"name": "tuned", "dataset": "tiny", **TINY_STAGE, **finetune}],
+            "evaluation": {"batch_size": 8},
+        }
+    )
+    path = tmp_path / "spec.json"
+    path.write_text(spec.model_dump_json())
+    return str(path)
+
+
+def trainer(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": ""},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: str) -> tuple[Path, str]:
+    tmp_path = tmp_path_factory.mktemp("pretrain")
+    spec = write_spec(tmp_path, tiny_dataset)
+    trainer(
+        "train",
+        "--spec",
+        spec,
+        "--stage",
+        "pretrain",
+        "--data-index",
+        f"{tiny_dataset}/index.json",
+        "--out",
+        str(tmp_path / "pretrain"),
+    )
+    return tmp_path, spec
+
+
+def test_training_writes_a_reference_layout_checkpoint_and_metrics(pretrained: tuple[Path, str]) -> None:
+    tmp_path, _ = pretrained
+    state = load_checkpoint(str(tmp_path / "pretrain" / "checkpoint.pt"))
+    assert {"epoch", "arch", "state_dict", "optimizer", "scheduler"} <= set(state)
+    assert (state["epoch"], state["arch"]) == (2, "r3d-10")
+    assert "layer1.0.conv1.weight" in state["state_dict"]
+
+    metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
+    for key in ("clip_accuracy", "video_top1", "video_top5"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["world_size"] == 1 and [r["rank"] for r in metrics["ranks"]] == [0]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["n_videos"] == 6 and metrics["n_clips"] == 6 * 3  # 10 frames: windows at 0, 4, 8
+
+
+def test_a_restarted_job_resumes_after_its_last_epoch(
+    pretrained: tuple[Path, str], tiny_dataset: str
+) -> None:
+    tmp_path, spec = pretrained
+    longer = json.loads(Path(spec).read_text())
+    longer["pretrain"]["epochs"] = 3
+    longer_spec = tmp_path / "longer.json"
+    longer_spec.write_text(json.dumps(longer))
+    result = trainer(
+        "train",
+        "--spec",
+        str(longer_spec),
+        "--stage",
+        "pretrain",
+        "--data-index",
+        f"{tiny_dataset}/index.json",
+        "--out",
+        str(tmp_path / "pretrain"),
+    )
+    assert "resuming after epoch 2" in result.stdout
+    assert "epoch 1/3" not in result.stdout and "epoch 3/3" in result.stdout
+    metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+
+
+def test_finetuning_freezes_modules_before_train_from(
+    pretrained: tuple[Path, str], tiny_dataset: str
+) -> None:
+    tmp_path, _ = pretrained
+    (tmp_path / "ft").mkdir()
+    spec = write_spec(tmp_path / "ft", tiny_dataset, train_from="layer3")
+    init = str(tmp_path / "pretrain" / "checkpoint.pt")
+    result = trainer(
+        "train",
+        "--spec",
+        spec,
+        "--stage",
+        "tuned",
+        "--data-index",
+        f"{tiny_dataset}/index.json",
+        "--out",
+        str(tmp_path / "ft" / "out"),
+        "--init",
+        init,
+    )
+    assert "parameters trained" in result.stdout
+    before = load_checkpoint(init)["state_dict"]
+    after = load_checkpoint(str(tmp_path / "ft" / "out" / "checkpoint.pt"))["state_dict"]
+    frozen = [k for k in before if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")]
+    trained = [k for k in before if k.split(".")[0] in ("layer3", "layer4") and k.endswith("weight")]
+    assert any(k.endswith("running_mean") for k in frozen)
+    for key in frozen:  # weights and BatchNorm statistics alike: bit-identical
+        assert torch.equal(before[key], after[key]), key
+    assert all(not torch.equal(before[k], after[k]) for k in trained)
+
+
+def test_evaluate_command_scores_a_checkpoint(pretrained: tuple[Path, str], tiny_dataset: str) -> None:
+    tmp_path, spec = pretrained
+    out = tmp_path / "evaluation"
+    trainer(
+        "evaluate",
+        "--spec",
+        spec,
+        "--stage",
+        "pretrain",
+        "--data-index",
+        f"{tiny_dataset}/index.json",
+        "--init",
+        str(tmp_path / "pretrain" / "checkpoint.pt"),
+        "--out",
+        str(out),
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "validation" and metrics["history"] == []
+    assert metrics["checkpoint"].endswith("pretrain/checkpoint.pt")
+    assert not (out / "checkpoint.pt").exists()
