@@ -84,12 +84,34 @@ def _app_name(spec: ExperimentSpec, stage: str) -> str:
     return f"{spec.name[:12].rstrip('-')}-{stage[:12].rstrip('-')}"
 
 
-def _run_trainer(spec: ExperimentSpec, stage: str, scheduler: str, out: str, trainer_args: list[str]) -> None:
-    resources = spec.stage(stage).resources
-    app = trainer(
-        *trainer_args,
+def _run_trainer(
+    spec: ExperimentSpec,
+    command: str,
+    stage: str,
+    scheduler: str,
+    data: ArtifactLike,
+    out: str,
+    checkpoint: str | None,
+) -> dict[str, Any]:
+    """Run `python -m trainer COMMAND` for a stage as a TorchX DDP app; return the metrics it wrote."""
+    run = data.metadata["run_dir"]
+    args = [
+        command,
+        "--spec",
+        storage.join(run, layout.SPEC_FILE),
+        "--stage",
+        stage,
+        "--data-index",
+        data.metadata["index"],
         "--out",
         out,
+    ]
+    if checkpoint is not None:
+        args += ["--init", checkpoint]
+    stage_spec = spec.stage(stage)
+    resources = stage_spec.resources
+    app = trainer(
+        *args,
         name=_app_name(spec, stage),
         image=spec.image,
         nnodes=resources.nnodes,
@@ -97,12 +119,14 @@ def _run_trainer(spec: ExperimentSpec, stage: str, scheduler: str, out: str, tra
         gpus=resources.gpus,
         cpu=resources.cpu,
         memory_gb=resources.memory_gb,
-        max_retries=spec.stage(stage).max_retries,
+        max_retries=stage_spec.max_retries,
         rdzv_port=free_port() if scheduler == LOCAL_SCHEDULER else 29500,
     )
     # Locally, keep every replica's log beside the stage's results instead of in a temporary directory.
     local_logs = scheduler == LOCAL_SCHEDULER and "://" not in out
     launch(app, scheduler, {"log_dir": storage.join(out, "logs")} if local_logs else None)
+    result: dict[str, Any] = storage.read_json(storage.join(out, layout.METRICS_FILE))
+    return result
 
 
 def _log_metrics(metrics: MetricsLike, result: dict[str, Any]) -> None:
@@ -121,24 +145,12 @@ def train(
 ) -> None:
     """Launch the stage's DDP training job and wait for it; record its checkpoint and metrics."""
     spec = spec_from_json(spec_json)
-    run = data.metadata["run_dir"]
-    out = layout.stage_dir(run, stage)
-    args = [
-        "train",
-        "--spec",
-        storage.join(run, layout.SPEC_FILE),
-        "--stage",
-        stage,
-        "--data-index",
-        data.metadata["index"],
-    ]
-    if init is not None:
-        args += ["--init", init.metadata["checkpoint"]]
-    _run_trainer(spec, stage, scheduler, out, args)
-    result = storage.read_json(storage.join(out, layout.METRICS_FILE))
+    out = layout.stage_dir(data.metadata["run_dir"], stage)
+    checkpoint = init.metadata["checkpoint"] if init is not None else None
+    result = _run_trainer(spec, "train", stage, scheduler, data, out, checkpoint)
     _write_pointer(
         model,
-        run_dir=run,
+        run_dir=data.metadata["run_dir"],
         checkpoint=result["checkpoint"],
         arch=spec.pretrain.model.name,
         classes=len(result["classes"]),
@@ -152,23 +164,6 @@ def evaluate(
 ) -> None:
     """Evaluate a trained stage on the evaluation split: clip accuracy, video top-1 and top-5."""
     spec = spec_from_json(spec_json)
-    run = data.metadata["run_dir"]
-    out = layout.evaluation_dir(run, stage)
-    _run_trainer(
-        spec,
-        stage,
-        scheduler,
-        out,
-        [
-            "evaluate",
-            "--spec",
-            storage.join(run, layout.SPEC_FILE),
-            "--stage",
-            stage,
-            "--data-index",
-            data.metadata["index"],
-            "--init",
-            model.metadata["checkpoint"],
-        ],
-    )
-    _log_metrics(metrics, storage.read_json(storage.join(out, layout.METRICS_FILE)))
+    out = layout.evaluation_dir(data.metadata["run_dir"], stage)
+    result = _run_trainer(spec, "evaluate", stage, scheduler, data, out, model.metadata["checkpoint"])
+    _log_metrics(metrics, result)

@@ -113,8 +113,9 @@ class Trainer:
         self.classes = self.index.classes
         self.model = self._build_model().to(self.rank.device)
         self.frozen = self._freeze(job.train_from)
+        on_gpu = self.rank.device.type == "cuda"
         self.ddp = DistributedDataParallel(
-            self.model, device_ids=[self.rank.device.index] if self.rank.device.index is not None else None
+            self.model, device_ids=[self.rank.device.index] if on_gpu else None
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
@@ -176,6 +177,7 @@ class Trainer:
             sampler=sampler,
             num_workers=self.job.num_workers,
             persistent_workers=self.job.num_workers > 0,
+            pin_memory=self.rank.device.type == "cuda",
         )
 
     # ---- training ----------------------------------------------------------------------------------
@@ -215,6 +217,9 @@ class Trainer:
                 f"{seconds:.1f}s"
             )
 
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.rank.device, non_blocking=True)
+
     def train_mode(self) -> None:
         self.model.train()
         for module in self.frozen:
@@ -225,7 +230,7 @@ class Trainer:
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
         last_report = time.monotonic()
         for step, (clips, labels) in enumerate(loader, 1):
-            loss, correct = self.train_step(clips.to(self.rank.device), labels.to(self.rank.device))
+            loss, correct = self.train_step(self.to_device(clips), self.to_device(labels))
             totals += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             if time.monotonic() - last_report > PROGRESS_EVERY_S:
                 last_report = time.monotonic()
@@ -247,8 +252,8 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
         for clips, labels, _ in loader:
-            logits = self.model(clips.to(self.rank.device))
-            loss = nn.functional.cross_entropy(logits, labels.to(self.rank.device), reduction="sum")
+            logits = self.model(self.to_device(clips))
+            loss = nn.functional.cross_entropy(logits, self.to_device(labels), reduction="sum")
             totals += torch.tensor([float(loss), len(labels)], dtype=torch.float64)
         dist.all_reduce(totals)
         return float(totals[0] / totals[1])
@@ -263,7 +268,7 @@ class Trainer:
         self.model.eval()
         videos, probs = [], []
         for clips, _, numbers in self._loader(windows, job.eval_batch_size, shuffle=False):
-            probs.append(torch.softmax(self.model(clips.to(self.rank.device)), dim=1).cpu().numpy())
+            probs.append(torch.softmax(self.model(self.to_device(clips)), dim=1).cpu().numpy())
             videos.append(numbers.numpy())
         parts = gather((np.concatenate(videos), np.concatenate(probs)))
         gathered_videos = np.concatenate([v for v, _ in parts])

@@ -43,7 +43,22 @@ def write_spec(tmp_path: Path, dataset: str, **finetune: Any) -> str:
     return str(path)
 
 
-def trainer(*args: str) -> subprocess.CompletedProcess[str]:
+def trainer(
+    command: str, spec: str, stage: str, dataset: str, out: Path, init: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        command,
+        "--spec",
+        spec,
+        "--stage",
+        stage,
+        "--data-index",
+        f"{dataset}/index.json",
+        "--out",
+        str(out),
+    ]
+    if init is not None:
+        args += ["--init", str(init)]
     result = subprocess.run(
         [sys.executable, "-m", "trainer", *args],
         capture_output=True,
@@ -59,17 +74,7 @@ def trainer(*args: str) -> subprocess.CompletedProcess[str]:
 def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: str) -> tuple[Path, str]:
     tmp_path = tmp_path_factory.mktemp("pretrain")
     spec = write_spec(tmp_path, tiny_dataset)
-    trainer(
-        "train",
-        "--spec",
-        spec,
-        "--stage",
-        "pretrain",
-        "--data-index",
-        f"{tiny_dataset}/index.json",
-        "--out",
-        str(tmp_path / "pretrain"),
-    )
+    trainer("train", spec, "pretrain", tiny_dataset, tmp_path / "pretrain")
     return tmp_path, spec
 
 
@@ -96,17 +101,7 @@ def test_a_restarted_job_resumes_after_its_last_epoch(
     longer["pretrain"]["epochs"] = 3
     longer_spec = tmp_path / "longer.json"
     longer_spec.write_text(json.dumps(longer))
-    result = trainer(
-        "train",
-        "--spec",
-        str(longer_spec),
-        "--stage",
-        "pretrain",
-        "--data-index",
-        f"{tiny_dataset}/index.json",
-        "--out",
-        str(tmp_path / "pretrain"),
-    )
+    result = trainer("train", str(longer_spec), "pretrain", tiny_dataset, tmp_path / "pretrain")
     assert "resuming after epoch 2" in result.stdout
     assert "epoch 1/3" not in result.stdout and "epoch 3/3" in result.stdout
     metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
@@ -119,22 +114,10 @@ def test_finetuning_freezes_modules_before_train_from(
     tmp_path, _ = pretrained
     (tmp_path / "ft").mkdir()
     spec = write_spec(tmp_path / "ft", tiny_dataset, train_from="layer3")
-    init = str(tmp_path / "pretrain" / "checkpoint.pt")
-    result = trainer(
-        "train",
-        "--spec",
-        spec,
-        "--stage",
-        "tuned",
-        "--data-index",
-        f"{tiny_dataset}/index.json",
-        "--out",
-        str(tmp_path / "ft" / "out"),
-        "--init",
-        init,
-    )
+    init = tmp_path / "pretrain" / "checkpoint.pt"
+    result = trainer("train", spec, "tuned", tiny_dataset, tmp_path / "ft" / "out", init)
     assert "parameters trained" in result.stdout
-    before = load_checkpoint(init)["state_dict"]
+    before = load_checkpoint(str(init))["state_dict"]
     after = load_checkpoint(str(tmp_path / "ft" / "out" / "checkpoint.pt"))["state_dict"]
     frozen = [k for k in before if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")]
     trained = [k for k in before if k.split(".")[0] in ("layer3", "layer4") and k.endswith("weight")]
@@ -147,19 +130,7 @@ def test_finetuning_freezes_modules_before_train_from(
 def test_evaluate_command_scores_a_checkpoint(pretrained: tuple[Path, str], tiny_dataset: str) -> None:
     tmp_path, spec = pretrained
     out = tmp_path / "evaluation"
-    trainer(
-        "evaluate",
-        "--spec",
-        spec,
-        "--stage",
-        "pretrain",
-        "--data-index",
-        f"{tiny_dataset}/index.json",
-        "--init",
-        str(tmp_path / "pretrain" / "checkpoint.pt"),
-        "--out",
-        str(out),
-    )
+    trainer("evaluate", spec, "pretrain", tiny_dataset, out, tmp_path / "pretrain" / "checkpoint.pt")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "validation" and metrics["history"] == []
     assert metrics["checkpoint"].endswith("pretrain/checkpoint.pt")
