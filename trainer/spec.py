@@ -194,6 +194,9 @@ def _dotted(loc: Iterable[int | str]) -> str:
 _FRIENDLY = {
     "extra_forbidden": "unknown field",
     "missing": "required field is missing",
+    # Only names carry a pattern.
+    "string_pattern_mismatch": "must be lowercase letters, digits and '-', start with a letter, "
+    "at most 32 long",
 }
 
 

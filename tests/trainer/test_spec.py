@@ -67,7 +67,10 @@ MISTAKES = {
         "finetune[0].init_from: 'later' is not",
     ),
     "missing field": (lambda d: d.pop("storage"), "storage: required field is missing"),
-    "not DNS-safe": (lambda d: d.update(name="Quick Start"), "name: String should match pattern"),
+    "not DNS-safe": (
+        lambda d: d.update(name="Quick Start"),
+        "name: must be lowercase letters, digits and '-'",
+    ),
 }
 
 
