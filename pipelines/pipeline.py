@@ -34,7 +34,9 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
 
     @dsl.pipeline(name=f"mega3d-{spec.name}", description=f"mega3d experiment {spec.name}")
     def experiment(
-        spec_json: str = spec.model_dump_json(), run_id: str = "", scheduler: str = CLUSTER_SCHEDULER
+        spec_json: str = spec.model_dump_json(exclude_none=True),
+        run_id: str = "",
+        scheduler: str = CLUSTER_SCHEDULER,
     ) -> None:
         def prepare(stage: str) -> dsl.PipelineTask:
             task = prepare_data(

@@ -14,7 +14,7 @@ from trainer.train import Trainer, TrainJob
 
 
 def build_job(
-    spec: ExperimentSpec, stage_name: str, data_index: str, out_dir: str, init: str | None
+    spec: ExperimentSpec, stage_name: str, data_index: str, out_dir: str, init: str | None, new_head: bool
 ) -> TrainJob:
     stage = spec.stage(stage_name)
     model = spec.pretrain.model
@@ -23,8 +23,9 @@ def build_job(
         data_index=data_index,
         out_dir=out_dir,
         model_name=model.name,
-        model_options={"widen_factor": model.widen_factor},
+        model_options=model.options(),
         init_checkpoint=init,
+        new_head=new_head,
         train_from=stage.train_from if isinstance(stage, FinetuneSpec) else None,
         epochs=stage.epochs,
         batch_size=stage.batch_size,
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("evaluate needs --init CHECKPOINT")
 
     spec = spec_from_json(storage.read_bytes(args.spec).decode())
-    job = build_job(spec, args.stage, args.data_index, args.out, args.init)
+    # Training from a checkpoint is fine-tuning on another label space: the head starts afresh.
+    job = build_job(spec, args.stage, args.data_index, args.out, args.init, new_head=args.command == "train")
     started = time.monotonic()
     trainer = Trainer(job)
     try:

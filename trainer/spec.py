@@ -14,22 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# The model families a spec may name, with their depths. The model registry in trainer.models
-# is built from this table, so the two cannot drift apart.
-MODEL_DEPTHS: dict[str, tuple[int, ...]] = {
-    "r3d": (10, 18, 34, 50, 101, 152, 200),
-}
-
-
-# Top-level modules of every model, in forward order: a fine-tune stage may start training at any of them.
-MODULE_ORDER = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
-
-
-def model_names() -> list[str]:
-    return [f"{family}-{depth}" for family, depths in MODEL_DEPTHS.items() for depth in depths]
-
+from trainer.model_catalog import canonical_name, family_of, model_names
 
 # Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
@@ -64,8 +51,28 @@ class DatasetSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    name: str = "r3d-18"
-    widen_factor: PositiveFloat = 1.0
+    """An architecture and its options; unset options take the reference implementation's defaults."""
+
+    name: str = Field(
+        default="r3d-18", description="e.g. r3d-50, r2plus1d-18, or a reference alias (resnet-50)"
+    )
+    n_input_channels: PositiveInt | None = None
+    conv1_t_size: PositiveInt | None = None
+    conv1_t_stride: PositiveInt | None = None
+    no_max_pool: bool | None = None
+    shortcut_type: Literal["A", "B"] | None = None
+    widen_factor: PositiveFloat | None = None
+    k: PositiveInt | None = Field(default=None, description="Wide ResNet width multiplier (default 2)")
+    cardinality: PositiveInt | None = Field(default=None, description="ResNeXt groups (default 32)")
+
+    @field_validator("name")
+    @classmethod
+    def _canonical(cls, name: str) -> str:
+        return canonical_name(name)
+
+    def options(self) -> dict[str, Any]:
+        """The options that were set, as keyword arguments of `trainer.models.build_model`."""
+        return {key: value for key, value in self.model_dump(exclude={"name"}).items() if value is not None}
 
 
 class ClipSpec(_Strict):
@@ -220,23 +227,33 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
 
     for i, name in enumerate(spec.pretrain.datasets):
         check_dataset(f"pretrain.datasets[{i}]", name)
-    if spec.pretrain.model.name not in model_names():
+    model = spec.pretrain.model
+    stages: tuple[str, ...] = ()
+    if model.name not in model_names():
         problems.append(
             Problem(
                 "pretrain.model.name",
-                f"unknown architecture {spec.pretrain.model.name!r} (known: {', '.join(model_names())})",
+                f"unknown architecture {model.name!r} (known: {', '.join(model_names())})",
             )
         )
+    else:
+        family_name, family = family_of(model.name)
+        stages = family.stages
+        problems += [
+            Problem(f"pretrain.model.{option}", f"{family_name} models take no {option!r} option")
+            for option in model.options()
+            if option not in family.options
+        ]
     earlier = [PRETRAIN]
     for i, stage in enumerate(spec.finetune):
         check_dataset(f"finetune[{i}].dataset", stage.dataset)
         if stage.name in earlier:
             problems.append(Problem(f"finetune[{i}].name", f"stage name {stage.name!r} is already used"))
-        if stage.train_from is not None and stage.train_from not in MODULE_ORDER:
+        if stage.train_from is not None and stages and stage.train_from not in stages:
             problems.append(
                 Problem(
                     f"finetune[{i}].train_from",
-                    f"unknown module {stage.train_from!r} (one of: {', '.join(MODULE_ORDER)})",
+                    f"{model.name} has no stage {stage.train_from!r} (one of: {', '.join(stages)})",
                 )
             )
         if stage.init_from not in earlier:

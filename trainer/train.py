@@ -28,12 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from trainer import storage
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data.clips import EvaluationWindows, TrainingClips
 from trainer.data.format import DatasetIndex, load_index
 from trainer.evaluate import summarize
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE
-from trainer.models import build_model
+from trainer.models import build_model, load_weights
 
 PROGRESS_EVERY_S = 20.0
 
@@ -48,6 +48,7 @@ class TrainJob:
     model_name: str
     model_options: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
+    new_head: bool = False
     train_from: str | None = None
     epochs: int = 1
     batch_size: int = 8
@@ -97,6 +98,27 @@ def gather(value: Any) -> list[Any]:
     return values
 
 
+def freeze_before(model: nn.Module, first_trained: str) -> list[nn.Module]:
+    """Freeze every module that comes before `first_trained` in the model's (forward) order.
+
+    Returns the frozen modules; the Trainer keeps them in eval mode, so their BatchNorm statistics stay
+    fixed as well (requires_grad=False alone would still update them).
+    """
+    names = dict(model.named_modules())
+    if first_trained not in names:
+        raise ValueError(f"train_from: the model has no module {first_trained!r}")
+    frozen: list[str] = []
+    for name, module in model.named_modules():
+        if name == first_trained:
+            break
+        inside_frozen = any(name.startswith(f"{outer}.") for outer in frozen)
+        encloses_target = name == "" or first_trained.startswith(f"{name}.")
+        if not inside_frozen and not encloses_target:
+            module.requires_grad_(False)
+            frozen.append(name)
+    return [names[name] for name in frozen]
+
+
 class Trainer:
     def __init__(self, job: TrainJob) -> None:
         self.job = job
@@ -112,7 +134,7 @@ class Trainer:
         self.index: DatasetIndex = load_index(job.data_index)
         self.classes = self.index.classes
         self.model = self._build_model().to(self.rank.device)
-        self.frozen = self._freeze(job.train_from)
+        self.frozen = freeze_before(self.model, job.train_from) if job.train_from else []
         on_gpu = self.rank.device.type == "cuda"
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.rank.device.index] if on_gpu else None
@@ -136,26 +158,10 @@ class Trainer:
 
     def _build_model(self) -> nn.Module:
         job = self.job
-        if job.init_checkpoint is None:
-            return build_model(job.model_name, len(self.classes), **job.model_options)
-        return model_from_checkpoint(load_checkpoint(job.init_checkpoint), len(self.classes))
-
-    def _freeze(self, first_trained: str | None) -> list[nn.Module]:
-        """Freeze every top-level module before `first_trained`; those stay in eval mode (BN stats fixed)."""
-        if first_trained is None:
-            return []
-        children = dict(self.model.named_children())
-        if first_trained not in children:
-            raise ValueError(
-                f"train_from: the model has no module {first_trained!r} (has: {', '.join(children)})"
-            )
-        frozen = []
-        for name, module in children.items():
-            if name == first_trained:
-                break
-            module.requires_grad_(False)
-            frozen.append(module)
-        return frozen
+        model = build_model(job.model_name, len(self.classes), **job.model_options)
+        if job.init_checkpoint is not None:
+            load_weights(model, job.init_checkpoint, new_head=job.new_head)
+        return model
 
     def _resume(self) -> None:
         """A restarted job (Volcano restarts every pod on any failure) continues after its last epoch."""

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from cli.main import app
 from tests.conftest import QUICKSTART, mega3d
 from trainer.spec import SpecError, load_spec, model_names, parse_spec
 
@@ -60,7 +62,7 @@ MISTAKES = {
     ),
     "unknown module": (
         lambda d: d["finetune"][0].update(train_from="layer9"),
-        "finetune[0].train_from: unknown module",
+        "finetune[0].train_from: r3d-10 has no stage 'layer9'",
     ),
     "bad init_from": (
         lambda d: d["finetune"][0].update(init_from="later"),
@@ -75,13 +77,15 @@ MISTAKES = {
 
 
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
-def test_each_mistake_names_its_dotted_path(mistake: str) -> None:
+def test_each_mistake_names_its_dotted_path_and_exits_2(mistake: str, tmp_path: Path) -> None:
     change, expected = MISTAKES[mistake]
-    with pytest.raises(SpecError) as caught:
-        parse_spec(edit(change), "bad.yaml")
-    assert any(line.startswith(f"bad.yaml: {expected}") for line in caught.value.lines()), (
-        caught.value.lines()
-    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(edit(change)))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"error: {path}: {expected}") for line in lines), lines
+    assert result.stdout == "" and "Traceback" not in result.stderr
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -1,6 +1,7 @@
 """The model registry: one name per architecture, each mapped to its builder.
 
-Names come from `trainer.spec.MODEL_DEPTHS`, the table specs are validated against.
+Names and the options each family takes come from `trainer.model_catalog`, the table specs are validated
+against; the reference implementation's arch strings (`resnet-50`, `resnet2p1d-18`, ...) are aliases.
 """
 
 from __future__ import annotations
@@ -11,19 +12,89 @@ from typing import Any
 
 from torch import nn
 
-from trainer.models.resnet3d import ResNet3d
-from trainer.spec import MODEL_DEPTHS
+from trainer.model_catalog import FAMILIES, canonical_name, family_of
+from trainer.models.densenet import BLOCKS as DENSENET_BLOCKS
+from trainer.models.densenet import DenseNet
+from trainer.models.resnet import BLOCK_PLANES, LAYERS, BasicBlock, Bottleneck, ResNet, scaled
+from trainer.models.resnet2p1d import BasicBlock2p1d, Bottleneck2p1d, R2Plus1D
+from trainer.models.resnet_variants import (
+    RESNEXT_PLANES,
+    PreActBasicBlock,
+    PreActBottleneck,
+    ResNeXtBottleneck,
+    WideBottleneck,
+)
+from trainer.models.weights import WeightsError, head_name, load_weights
 
-_FAMILIES: dict[str, Callable[..., nn.Module]] = {"r3d": ResNet3d}
+__all__ = ["MODELS", "WeightsError", "build_model", "head_name", "load_weights"]
+
+
+def r3d(depth: int, n_classes: int, widen_factor: float = 1.0, **options: Any) -> nn.Module:
+    kind, layers = LAYERS[depth]
+    block = BasicBlock if kind == "basic" else Bottleneck
+    return ResNet(block, layers, scaled(BLOCK_PLANES, widen_factor), n_classes, **options)
+
+
+def r2plus1d(depth: int, n_classes: int, widen_factor: float = 1.0, **options: Any) -> nn.Module:
+    kind, layers = LAYERS[depth]
+    block = BasicBlock2p1d if kind == "basic" else Bottleneck2p1d
+    return R2Plus1D(block, layers, scaled(BLOCK_PLANES, widen_factor), n_classes, **options)
+
+
+def preact_r3d(depth: int, n_classes: int, widen_factor: float = 1.0, **options: Any) -> nn.Module:
+    kind, layers = LAYERS[depth]
+    block = PreActBasicBlock if kind == "basic" else PreActBottleneck
+    return ResNet(block, layers, scaled(BLOCK_PLANES, widen_factor), n_classes, **options)
+
+
+def wrn(depth: int, n_classes: int, k: int = 2, widen_factor: float = 1.0, **options: Any) -> nn.Module:
+    return ResNet(
+        WideBottleneck, LAYERS[depth][1], scaled(BLOCK_PLANES, k * widen_factor), n_classes, **options
+    )
+
+
+def resnext(
+    depth: int, n_classes: int, cardinality: int = 32, widen_factor: float = 1.0, **options: Any
+) -> nn.Module:
+    return ResNet(
+        ResNeXtBottleneck,
+        LAYERS[depth][1],
+        scaled(RESNEXT_PLANES, widen_factor),
+        n_classes,
+        block_options={"cardinality": cardinality},
+        **options,
+    )
+
+
+def densenet(depth: int, n_classes: int, **options: Any) -> nn.Module:
+    return DenseNet(DENSENET_BLOCKS[depth], n_classes, **options)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "r3d": r3d,
+    "r2plus1d": r2plus1d,
+    "preact-r3d": preact_r3d,
+    "wrn": wrn,
+    "resnext": resnext,
+    "densenet": densenet,
+}
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    f"{family}-{depth}": partial(_FAMILIES[family], depth)
-    for family, depths in MODEL_DEPTHS.items()
-    for depth in depths
+    f"{family}-{depth}": partial(_BUILDERS[family], depth)
+    for family, spec in FAMILIES.items()
+    for depth in spec.depths
 }
 
 
 def build_model(name: str, n_classes: int, **options: Any) -> nn.Module:
-    if name not in MODELS:
+    """A freshly initialised model; `name` may be a mega3d name or a reference alias."""
+    canonical = canonical_name(name)
+    if canonical not in MODELS:
         raise KeyError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
-    return MODELS[name](n_classes=n_classes, **options)
+    _, family = family_of(canonical)
+    unknown = sorted(set(options) - set(family.options))
+    if unknown:
+        raise ValueError(
+            f"{canonical} takes no option {', '.join(unknown)} (it takes: {', '.join(family.options)})"
+        )
+    return MODELS[canonical](n_classes=n_classes, **options)

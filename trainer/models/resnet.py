@@ -1,13 +1,14 @@
-"""3D ResNets (R3D), architecture only.
+"""The 3D ResNet skeleton and the R3D blocks, architecture only.
 
 Module names, shapes and options follow the reference implementation (3D-ResNets-PyTorch), so its
-published checkpoints load key for key: conv1/bn1 stem, layer1..layer4 of BasicBlock or Bottleneck,
-`downsample.0/1` for type-B shortcuts, fc head.
+published checkpoints load key for key: conv1/bn1 stem, layer1..layer4 of blocks, `downsample.0/1` for
+type-B shortcuts, fc head. The other ResNet families reuse the skeleton with their own blocks or stem.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,22 @@ LAYERS: dict[int, tuple[Literal["basic", "bottleneck"], tuple[int, int, int, int
 }
 
 
+def scaled(planes: Sequence[int], factor: float) -> tuple[int, ...]:
+    return tuple(max(1, int(p * factor)) for p in planes)
+
+
 def conv3x3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
     return nn.Conv3d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
     return nn.Conv3d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class Block(nn.Module):
+    """A residual block: `expansion` x planes channels out."""
+
+    expansion: ClassVar[int] = 1
 
 
 class ZeroPadShortcut(nn.Module):
@@ -47,7 +58,7 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(out, (0, 0, 0, 0, 0, 0, 0, self.out_planes - out.shape[1]))
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(Block):
     expansion = 1
 
     def __init__(
@@ -68,7 +79,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
     expansion = 4
 
     def __init__(
@@ -92,10 +103,14 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet3d(nn.Module):
+class ResNet(nn.Module):
+    """Stem, max-pool, four stages of residual blocks, global average pool, fc."""
+
     def __init__(
         self,
-        depth: int,
+        block: type[Block],
+        layers: Sequence[int],
+        planes: Sequence[int],
         n_classes: int,
         *,
         n_input_channels: int = 3,
@@ -103,31 +118,21 @@ class ResNet3d(nn.Module):
         conv1_t_stride: int = 1,
         no_max_pool: bool = False,
         shortcut_type: ShortcutType = "B",
-        widen_factor: float = 1.0,
+        block_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        kind, layers = LAYERS[depth]
-        block = BasicBlock if kind == "basic" else Bottleneck
-        planes = [max(1, int(p * widen_factor)) for p in BLOCK_PLANES]
         self.in_planes = planes[0]
         self.shortcut_type = shortcut_type
-        self.conv1 = nn.Conv3d(
-            n_input_channels,
-            self.in_planes,
-            kernel_size=(conv1_t_size, 7, 7),
-            stride=(conv1_t_stride, 2, 2),
-            padding=(conv1_t_size // 2, 3, 3),
-            bias=False,
-        )
-        self.bn1 = nn.BatchNorm3d(self.in_planes)
+        self.make_stem(n_input_channels, conv1_t_size, conv1_t_stride)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool: nn.Module = (
             nn.Identity() if no_max_pool else nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
         )
-        self.layer1 = self._make_layer(block, planes[0], layers[0], stride=1)
-        self.layer2 = self._make_layer(block, planes[1], layers[1], stride=2)
-        self.layer3 = self._make_layer(block, planes[2], layers[2], stride=2)
-        self.layer4 = self._make_layer(block, planes[3], layers[3], stride=2)
+        options = dict(block_options or {})
+        self.layer1 = self._make_layer(block, planes[0], layers[0], 1, options)
+        self.layer2 = self._make_layer(block, planes[1], layers[1], 2, options)
+        self.layer3 = self._make_layer(block, planes[2], layers[2], 2, options)
+        self.layer4 = self._make_layer(block, planes[3], layers[3], 2, options)
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(planes[3] * block.expansion, n_classes)
         for module in self.modules():
@@ -137,8 +142,22 @@ class ResNet3d(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def make_stem(self, n_input_channels: int, t_size: int, t_stride: int) -> None:
+        self.conv1 = nn.Conv3d(
+            n_input_channels,
+            self.in_planes,
+            kernel_size=(t_size, 7, 7),
+            stride=(t_stride, 2, 2),
+            padding=(t_size // 2, 3, 3),
+            bias=False,
+        )
+        self.bn1 = nn.BatchNorm3d(self.in_planes)
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
+
     def _make_layer(
-        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int
+        self, block: type[Block], planes: int, blocks: int, stride: int, options: dict[str, Any]
     ) -> nn.Sequential:
         out_planes = planes * block.expansion
         downsample: nn.Module | None = None
@@ -149,12 +168,12 @@ class ResNet3d(nn.Module):
                 downsample = nn.Sequential(
                     conv1x1x1(self.in_planes, out_planes, stride), nn.BatchNorm3d(out_planes)
                 )
-        layers: list[nn.Module] = [block(self.in_planes, planes, stride, downsample)]
+        layers: list[nn.Module] = [block(self.in_planes, planes, stride, downsample, **options)]
         self.in_planes = out_planes
-        layers += [block(self.in_planes, planes) for _ in range(1, blocks)]
+        layers += [block(self.in_planes, planes, **options) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.stem(x))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
