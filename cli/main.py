@@ -7,6 +7,7 @@ Bad input ends with one line per problem (file and dotted field path) and exit c
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ if not out.is_terminal:
 err = Console(stderr=True, highlight=False)
 
 _SYNTH = {name: field.default for name, field in SyntheticSpec.model_fields.items()}
+RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 SpecPath = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_default=False)]
 
 
@@ -64,6 +66,10 @@ def compile_command(
     """Compile a spec into a Kubeflow Pipelines (v2) pipeline: IR YAML to upload or submit."""
     if output.suffix not in (".yaml", ".yml", ".json"):
         fail([f"--output {output}: the pipeline file must end in .yaml, .yml or .json"])
+    if not output.parent.is_dir() or output.is_dir():
+        fail(
+            [f"--output {output}: {'is a directory' if output.is_dir() else 'its directory does not exist'}"]
+        )
     experiment = read_spec(spec)
     from pipelines.pipeline import compile_pipeline
 
@@ -101,16 +107,19 @@ def run(
     """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster)."""
     experiment = read_spec(spec)
     from pipelines.local import run_local
-    from trainer import storage
+    from trainer import layout, storage
 
+    if run_id and not RUN_ID.match(run_id):
+        fail([f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64; no leading '.')"])
     experiment = experiment.with_storage(storage.local_absolute(experiment.storage))
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
-    from trainer import layout
-
     run_dir = layout.run_dir(experiment, run_id)
-    if storage.exists(run_dir):
-        fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
-    missing = missing_datasets(experiment, str(spec))
+    try:
+        if storage.exists(run_dir):
+            fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
+        missing = missing_datasets(experiment, str(spec))
+    except (OSError, ValueError, ImportError) as error:  # unknown protocol, unreachable or unreadable storage
+        fail([f"{spec}: storage {experiment.storage}: {error}"])
     if missing:
         fail(missing)
     out.print(f"[bold]mega3d run[/bold] {summary(experiment)}", soft_wrap=True)
@@ -161,11 +170,16 @@ def synth(
     except ValidationError as error:
         fail([f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in error.errors(include_url=False)])
     try:
-        with Progress(console=err, transient=True) as progress:
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
             bar = progress.add_task("synthesizing", total=params.classes * params.videos_per_class)
             index = synthesize(uri, params, lambda done, total: progress.update(bar, completed=done))
-    except DatasetError as error:
-        fail([str(error)])
+    except (
+        DatasetError,
+        OSError,
+        ValueError,
+        ImportError,
+    ) as error:  # ImportError: an unknown fsspec protocol
+        fail([str(error) if isinstance(error, DatasetError) else f"{uri!r}: {error}"])
     out.print(
         f"wrote {len(index.videos)} videos of {params.classes} classes to {uri}: "
         f"{', '.join(class_names(params))}",

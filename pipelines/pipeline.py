@@ -44,14 +44,16 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
             )
             return step(task, f"prepare-data {stage}")
 
-        data = prepare(PRETRAIN)
+        pretrain_data = prepare(PRETRAIN)
         trained = {
             PRETRAIN: step(
-                pretrain(spec_json=spec_json, scheduler=scheduler, data=data.outputs["data"]), PRETRAIN
+                pretrain(spec_json=spec_json, scheduler=scheduler, data=pretrain_data.outputs["data"]),
+                PRETRAIN,
             )
         }
         for stage in spec.finetune:
-            data = prepare(stage.name)
+            # After the pretraining data: a synthetic dataset used by both stages is then created only once.
+            data = prepare(stage.name).after(pretrain_data)
             tuned = step(
                 finetune(
                     spec_json=spec_json,

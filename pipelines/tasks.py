@@ -70,6 +70,9 @@ def prepare_data(spec_json: str, stage: str, run_id: str, data: ArtifactLike) ->
     else:
         uri = ensure_dataset(spec, names[0])
         index = load_index(uri)
+    for split in ("training", spec.evaluation.split):
+        if not index.subset(split):  # found before any training, not after the last epoch
+            raise DatasetError(f"{stage}: {'+'.join(names)} has no {split} videos")
     print(
         f"{stage}: {len(index.classes)} classes, {len(index.subset('training'))} training and "
         f"{len(index.subset('validation'))} validation videos from {'+'.join(names)}",

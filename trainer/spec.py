@@ -21,6 +21,8 @@ from trainer.model_catalog import canonical_name, family_of, model_names
 # Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
 PRETRAIN = "pretrain"
+# Stage names become directories of a run, beside these.
+RESERVED_STAGE_NAMES = ("data", "kfp")
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -28,7 +30,7 @@ Name = Annotated[str, Field(pattern=DNS_NAME)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticSpec(_Strict):
@@ -40,7 +42,7 @@ class SyntheticSpec(_Strict):
     size: Annotated[int, Field(ge=16)] = 48
     speed: PositiveFloat = 1.5
     rotation: float = 0.0
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0)] = 0
 
 
 class DatasetSpec(_Strict):
@@ -227,6 +229,20 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
 
     for i, name in enumerate(spec.pretrain.datasets):
         check_dataset(f"pretrain.datasets[{i}]", name)
+        if name in spec.pretrain.datasets[:i]:
+            problems.append(Problem(f"pretrain.datasets[{i}]", f"{name!r} is listed twice"))
+    for path, stage in (
+        ("pretrain", spec.pretrain),
+        *((f"finetune[{i}]", s) for i, s in enumerate(spec.finetune)),
+    ):
+        res = stage.resources
+        if res.gpus and res.nproc_per_node > res.gpus:
+            problems.append(
+                Problem(
+                    f"{path}.resources.nproc_per_node",
+                    f"{res.nproc_per_node} processes per node but {res.gpus} GPUs (one process per GPU)",
+                )
+            )
     model = spec.pretrain.model
     stages: tuple[str, ...] = ()
     if model.name not in model_names():
@@ -247,7 +263,7 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
     earlier = [PRETRAIN]
     for i, stage in enumerate(spec.finetune):
         check_dataset(f"finetune[{i}].dataset", stage.dataset)
-        if stage.name in earlier:
+        if stage.name in earlier or stage.name in RESERVED_STAGE_NAMES:
             problems.append(Problem(f"finetune[{i}].name", f"stage name {stage.name!r} is already used"))
         if stage.train_from is not None and stages and stage.train_from not in stages:
             problems.append(
@@ -288,6 +304,8 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         text = Path(path).read_text()
     except OSError as error:
         raise SpecError(source, [Problem("", f"cannot read: {error.strerror or error}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, [Problem("", "cannot read: not UTF-8 text")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -299,9 +317,13 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     return parse_spec(data, source)
 
 
-def spec_from_json(text: str) -> ExperimentSpec:
-    """Re-read a spec that was validated at the boundary and passed on as JSON."""
-    return ExperimentSpec.model_validate_json(text)
+def spec_from_json(text: str, source: str = "spec_json") -> ExperimentSpec:
+    """Read a spec passed on as JSON (a pipeline parameter, which may have been edited in the Kubeflow UI)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(source, [Problem("", f"invalid JSON ({error})")]) from None
+    return parse_spec(data, source)
 
 
 def summary(spec: ExperimentSpec) -> str:

@@ -18,6 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 
 def join(root: str, *parts: str) -> str:
+    if not root:
+        raise ValueError("empty storage URI")
     return posixpath.join(root.rstrip("/") or "/", *parts)
 
 
@@ -68,6 +70,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         try:
             with open(partial, "wb") as out:
                 out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(partial, path)
         finally:
             if os.path.exists(partial):

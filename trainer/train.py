@@ -12,7 +12,6 @@ gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import sys
@@ -31,7 +30,7 @@ from trainer import storage
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data.clips import EvaluationWindows, TrainingClips
 from trainer.data.format import DatasetIndex, load_index
-from trainer.evaluate import summarize
+from trainer.evaluate import own_windows, summarize
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE
 from trainer.models import build_model, load_weights
 
@@ -160,7 +159,13 @@ class Trainer:
         job = self.job
         model = build_model(job.model_name, len(self.classes), **job.model_options)
         if job.init_checkpoint is not None:
-            load_weights(model, job.init_checkpoint, new_head=job.new_head)
+            state = load_checkpoint(job.init_checkpoint)
+            if not job.new_head and state.get("classes") not in (None, self.classes):
+                raise ValueError(
+                    f"{job.init_checkpoint} was trained on other classes than those of {job.data_index}: "
+                    "scores against these labels would mean nothing"
+                )
+            load_weights(model, state, new_head=job.new_head)
         return model
 
     def _resume(self) -> None:
@@ -190,8 +195,12 @@ class Trainer:
     def train(self) -> None:
         job = self.job
         clips = TrainingClips(self.index, "training", job.clip_frames, job.clip_size, job.clip_flip)
-        if len(clips) == 0:
-            raise ValueError(f"{job.data_index}: the dataset has no training videos")
+        for split, videos in (
+            ("training", clips.videos),
+            (job.eval_split, self.index.subset(job.eval_split)),
+        ):
+            if not videos:  # found now rather than after the last epoch
+                raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
         loader = self._loader(clips, job.batch_size, shuffle=True)
         val_windows = EvaluationWindows(
             self.index, "validation", job.clip_frames, job.clip_size, middle_only=True
@@ -204,7 +213,7 @@ class Trainer:
             loader.sampler.set_epoch(epoch)
             started = time.monotonic()
             train_loss, train_acc, n_clips = self.train_epoch(loader, epoch)
-            val_loss = self.validate(val_loader) if val_loader is not None else train_loss
+            val_loss = self.validate(val_loader, len(val_windows)) if val_loader is not None else train_loss
             self.scheduler.step(val_loss)
             seconds = time.monotonic() - started
             record = {
@@ -254,35 +263,47 @@ class Trainer:
         return float(loss.detach()), int((logits.argmax(1) == labels).sum())
 
     @torch.no_grad()
-    def validate(self, loader: DataLoader[Any]) -> float:
+    def validate(self, loader: DataLoader[Any], n_windows: int) -> float:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
+        seen = 0
         for clips, labels, _ in loader:
-            logits = self.model(self.to_device(clips))
-            loss = nn.functional.cross_entropy(logits, self.to_device(labels), reduction="sum")
-            totals += torch.tensor([float(loss), len(labels)], dtype=torch.float64)
+            own = own_windows(self.rank.rank, self.rank.world_size, n_windows, seen, len(labels))
+            seen += len(labels)
+            logits = self.model(self.to_device(clips))[own.to(self.rank.device)]
+            loss = nn.functional.cross_entropy(logits, self.to_device(labels[own]), reduction="sum")
+            totals += torch.tensor([float(loss), int(own.sum())], dtype=torch.float64)
         dist.all_reduce(totals)
         return float(totals[0] / totals[1])
 
     # ---- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, Any]:
+        """Per-video probability sums are reduced across ranks: memory grows with videos x classes, not
+        with the number of windows."""
         job = self.job
         windows = EvaluationWindows(self.index, split, job.clip_frames, job.clip_size)
         if len(windows) == 0:
             raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
         self.model.eval()
-        videos, probs = [], []
-        for clips, _, numbers in self._loader(windows, job.eval_batch_size, shuffle=False):
-            probs.append(torch.softmax(self.model(self.to_device(clips)), dim=1).cpu().numpy())
-            videos.append(numbers.numpy())
-        parts = gather((np.concatenate(videos), np.concatenate(probs)))
-        gathered_videos = np.concatenate([v for v, _ in parts])
-        gathered_probs = np.concatenate([p for _, p in parts])
-        # DistributedSampler pads the window list so that every rank gets as many: keep each window once.
-        first = np.unique(_sampler_indices(len(windows), self.rank.world_size), return_index=True)[1]
-        labels = np.array([video.label for video in windows.videos])
-        return {"split": split, **summarize(gathered_videos[first], gathered_probs[first], labels)}
+        sums = torch.zeros(len(windows.videos), len(self.classes), dtype=torch.float64)
+        counts = torch.zeros(len(windows.videos), dtype=torch.float64)
+        correct = torch.zeros(1, dtype=torch.float64)
+        seen = 0
+        for clips, labels, numbers in self._loader(windows, job.eval_batch_size, shuffle=False):
+            own = own_windows(self.rank.rank, self.rank.world_size, len(windows), seen, len(labels))
+            seen += len(labels)
+            probs = torch.softmax(self.model(self.to_device(clips)), dim=1).double().cpu()[own]
+            sums.index_add_(0, numbers[own], probs)
+            counts.index_add_(0, numbers[own], torch.ones(int(own.sum()), dtype=torch.float64))
+            correct += (probs.argmax(1) == labels[own]).sum()
+        for total in (sums, counts, correct):
+            dist.all_reduce(total)
+        labels_of_videos = np.array([video.label for video in windows.videos])
+        return {
+            "split": split,
+            **summarize(sums.numpy(), counts.numpy(), int(correct.item()), labels_of_videos),
+        }
 
     # ---- persistence -------------------------------------------------------------------------------
     def save(self, epoch: int) -> None:
@@ -294,6 +315,7 @@ class Trainer:
                 "epoch": epoch,
                 "arch": self.job.model_name,
                 "model_options": self.job.model_options,
+                "n_classes": len(self.classes),
                 "classes": self.classes,
                 "state_dict": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -325,10 +347,3 @@ class Trainer:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _sampler_indices(n: int, world_size: int) -> np.ndarray:
-    """The window index behind each gathered prediction: rank r took indices r, r + W, r + 2W, ... of
-    the list padded (by wrapping) to a multiple of W; predictions were gathered rank by rank."""
-    padded = np.arange(math.ceil(n / world_size) * world_size) % n
-    return np.concatenate([padded[r::world_size] for r in range(world_size)])

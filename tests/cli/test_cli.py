@@ -17,7 +17,8 @@ def test_cli_path_never_imports_torch(tmp_path: Path) -> None:
         "from typer.testing import CliRunner\n"
         "from cli.main import app\n"
         f"for args in (['--help'], ['validate', {str(QUICKSTART)!r}],\n"
-        f"             ['compile', {str(QUICKSTART)!r}, '-o', {str(tmp_path / 'p.yaml')!r}]):\n"
+        f"             ['compile', {str(QUICKSTART)!r}, '-o', {str(tmp_path / 'p.yaml')!r}],\n"
+        f"             ['data', 'synth', {str(tmp_path / 'ds')!r}, '--videos-per-class', '2']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
         "import pipelines.local, pipelines.tasks\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
@@ -62,6 +63,20 @@ def test_synth_writes_and_never_overwrites(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in (tmp_path / "motion").iterdir()} == before
 
 
+def test_synth_rejects_uris_it_cannot_write(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    for uri, message in (
+        ("", "empty storage URI"),
+        ("nosuch://bucket/x", "Protocol not known"),
+        (str(blocker / "ds"), "Not a directory"),
+    ):
+        result = mega3d("data", "synth", uri, "--videos-per-class", "2", "--size", "16")
+        assert result.returncode == 2, uri
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_synth_rejects_bad_options(tmp_path: Path) -> None:
     result = mega3d("data", "synth", str(tmp_path / "x"), "--classes", "0", "--size", "4")
     assert result.returncode == 2
@@ -69,6 +84,12 @@ def test_synth_rejects_bad_options(tmp_path: Path) -> None:
         result.stderr.count("error: --") == 2 and "--classes" in result.stderr and "--size" in result.stderr
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_run_refuses_a_run_id_that_is_not_a_plain_name(tmp_path: Path) -> None:
+    result = mega3d("run", str(QUICKSTART), "--run-id", "../../elsewhere", cwd=tmp_path)
+    assert result.returncode == 2 and "--run-id '../../elsewhere'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_refuses_missing_datasets_before_starting(tmp_path: Path) -> None:

@@ -43,6 +43,13 @@ def test_ddp_ran_on_two_processes(quickstart_run: tuple[Path, str]) -> None:
     assert (run / "pretrain" / "logs").is_dir()
 
 
+def test_every_window_is_scored_once_across_ranks(quickstart_run: tuple[Path, str]) -> None:
+    run, _ = quickstart_run
+    evaluation = metrics(run, "motion-c", "evaluation")
+    # 10 validation videos per class, 16 frames each, in non-overlapping 8-frame windows.
+    assert evaluation["n_videos"] == 40 and evaluation["n_clips"] == 2 * 40
+
+
 def test_finetuned_model_beats_chance_twice_over(quickstart_run: tuple[Path, str]) -> None:
     run, _ = quickstart_run
     evaluation = metrics(run, "motion-c", "evaluation")

@@ -3,10 +3,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
+from typer.testing import CliRunner
 
+from cli.main import app
 from pipelines.pipeline import compile_pipeline
 from tests.conftest import QUICKSTART, mega3d
 from trainer.spec import load_spec
@@ -61,7 +64,28 @@ def test_compile_command_writes_the_file_or_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "out.yaml"]
 
 
-def test_compile_refuses_an_unknown_file_type(tmp_path: Path) -> None:
-    result = mega3d("compile", str(QUICKSTART), "-o", str(tmp_path / "pipeline.txt"))
-    assert result.returncode == 2 and "must end in .yaml" in result.stderr
+def test_compile_refuses_outputs_it_cannot_write(tmp_path: Path) -> None:
+    for output, message in (
+        (tmp_path / "pipeline.txt", "must end in .yaml"),
+        (tmp_path / "missing" / "pipeline.yaml", "its directory does not exist"),
+    ):
+        result = mega3d("compile", str(QUICKSTART), "-o", str(output))
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_compilation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.pipeline
+
+    output = tmp_path / "pipeline.yaml"
+    output.write_text("the previous pipeline")
+
+    def half_write_then_fail(spec: object, path: str) -> None:
+        Path(path).write_text("half a pipe")
+        raise RuntimeError("compiler failed")
+
+    monkeypatch.setattr(pipelines.pipeline, "compile_pipeline", half_write_then_fail)
+    with pytest.raises(RuntimeError, match="compiler failed"):
+        CliRunner().invoke(app, ["compile", str(QUICKSTART), "-o", str(output)], catch_exceptions=False)
+    assert output.read_text() == "the previous pipeline"
+    assert [p.name for p in tmp_path.iterdir()] == ["pipeline.yaml"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from tests.conftest import QUICKSTART, mega3d
-from trainer.spec import SpecError, load_spec, model_names, parse_spec
+from trainer.spec import SpecError, load_spec, model_names, parse_spec, spec_from_json
 
 
 def quickstart_data() -> dict:
@@ -41,6 +42,30 @@ def edit(change: callable) -> dict:
 
 
 MISTAKES = {
+    "negative seed": (
+        lambda d: d["datasets"]["motion-a"]["synthetic"].update(seed=-1),
+        "datasets.motion-a.synthetic.seed: Input should be greater than or equal to 0",
+    ),
+    "infinite speed": (
+        lambda d: d["datasets"]["motion-a"]["synthetic"].update(speed=float("inf")),
+        "datasets.motion-a.synthetic.speed: Input should be a finite number",
+    ),
+    "dataset twice": (
+        lambda d: d["pretrain"]["datasets"].append("motion-a"),
+        "pretrain.datasets[2]: 'motion-a' is listed twice",
+    ),
+    "more processes than GPUs": (
+        lambda d: d["finetune"][0]["resources"].update(gpus=2, nproc_per_node=4),
+        "finetune[0].resources.nproc_per_node: 4 processes per node but 2 GPUs",
+    ),
+    "reserved stage name": (
+        lambda d: d["finetune"][0].update(name="data"),
+        "finetune[0].name: stage name 'data' is already used",
+    ),
+    "option of another family": (
+        lambda d: d["pretrain"]["model"].update(cardinality=8),
+        "pretrain.model.cardinality: r3d models take no 'cardinality' option",
+    ),
     "unknown field": (lambda d: d["pretrain"].update(epoch=3), "pretrain.epoch: unknown field"),
     "wrong type": (lambda d: d["pretrain"].update(batch_size="many"), "pretrain.batch_size: Input should be"),
     "negative epochs": (
@@ -139,3 +164,27 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
 
 def test_model_names_cover_every_depth() -> None:
     assert "r3d-10" in model_names() and "r3d-200" in model_names()
+
+
+def test_reference_aliases_are_accepted_and_canonicalised() -> None:
+    spec = parse_spec(edit(lambda d: d["pretrain"]["model"].update(name="resnet2p1d-18")))
+    assert spec.pretrain.model.name == "r2plus1d-18"
+    assert spec.pretrain.model.options() == {"widen_factor": 0.25}
+
+
+def test_spec_json_is_validated_too() -> None:
+    spec = parse_spec(quickstart_data())
+    assert spec_from_json(spec.model_dump_json()) == spec
+    broken = spec.model_dump()
+    broken["finetune"][0]["dataset"] = "gone"
+    with pytest.raises(SpecError, match=r"spec_json: finetune\[0\].dataset: unknown dataset 'gone'"):
+        spec_from_json(json.dumps(broken))
+    with pytest.raises(SpecError, match="spec_json: invalid JSON"):
+        spec_from_json("{not json")
+
+
+def test_a_spec_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SpecError, match="cannot read: not UTF-8 text"):
+        load_spec(path)

@@ -36,6 +36,11 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
+def test_an_empty_uri_is_refused_rather_than_taken_for_the_root() -> None:
+    with pytest.raises(ValueError, match="empty storage URI"):
+        storage.join("", "index.json")
+
+
 def test_relative_entries_resolve_against_their_directory() -> None:
     assert storage.resolve("gs://b/data", "shard-0.bin") == "gs://b/data/shard-0.bin"
     assert storage.resolve("gs://b/data", "gs://other/x.bin") == "gs://other/x.bin"

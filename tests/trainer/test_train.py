@@ -135,3 +135,46 @@ def test_evaluate_command_scores_a_checkpoint(pretrained: tuple[Path, str], tiny
     assert metrics["split"] == "validation" and metrics["history"] == []
     assert metrics["checkpoint"].endswith("pretrain/checkpoint.pt")
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_resuming_restores_weights_optimizer_and_schedule(
+    pretrained: tuple[Path, str], tiny_dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer.train import Trainer, TrainJob
+
+    tmp_path, _ = pretrained
+    out = tmp_path / "pretrain"
+    saved = load_checkpoint(str(out / "checkpoint.pt"))
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29555",
+    }.items():
+        monkeypatch.setenv(key, value)
+    job = TrainJob(
+        stage="pretrain",
+        data_index=f"{tiny_dataset}/index.json",
+        out_dir=str(out),
+        model_name="r3d-10",
+        model_options={"widen_factor": 0.125},
+        epochs=saved["epoch"] + 1,
+        clip_frames=4,
+        clip_size=16,
+    )
+    trainer = Trainer(job)
+    try:
+        trainer.setup()
+        assert trainer.start_epoch == saved["epoch"] + 1
+        for key, value in trainer.model.state_dict().items():
+            assert torch.equal(value, saved["state_dict"][key]), key
+        momentum = trainer.optimizer.state_dict()["state"]
+        assert momentum and all(
+            torch.equal(momentum[i]["momentum_buffer"], saved["optimizer"]["state"][i]["momentum_buffer"])
+            for i in momentum
+        )
+        assert trainer.scheduler.state_dict() == saved["scheduler"]
+        assert [h["epoch"] for h in trainer.history] == list(range(1, saved["epoch"] + 1))
+    finally:
+        trainer.close()

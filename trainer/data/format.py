@@ -131,10 +131,12 @@ class DatasetWriter:
     def add(self, video_id: str, label: int, subset: str, frames: np.ndarray) -> None:
         if subset not in SUBSETS:
             raise DatasetError(f"subset must be one of {SUBSETS}, got {subset!r}")
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or 0 in frames.shape:
             raise DatasetError(
                 f"{video_id}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}"
             )
+        if not 0 <= label < len(self.classes):
+            raise DatasetError(f"{video_id}: label {label} is not one of the {len(self.classes)} classes")
         payload = np.ascontiguousarray(frames).tobytes()
         t, h, w, _ = frames.shape
         self.videos.append(

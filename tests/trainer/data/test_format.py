@@ -76,3 +76,7 @@ def test_missing_index_and_bad_frames_are_clear_errors(tmp_path: Path) -> None:
         writer.add("v", 0, "training", np.zeros((2, 4, 4), dtype=np.uint8))
     with pytest.raises(DatasetError, match="subset must be one of"):
         writer.add("v", 0, "train", video(0))
+    with pytest.raises(DatasetError, match="label 1 is not one of the 1 classes"):
+        writer.add("v", 1, "training", video(0))
+    with pytest.raises(DatasetError, match=r"got uint8 \(0, 6, 6, 3\)"):
+        writer.add("v", 0, "training", video(0, frames=0))
