@@ -26,6 +26,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(
+    help="The model zoo: list architectures, import reference checkpoints.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
 
 out = Console(highlight=False)
 if not out.is_terminal:
@@ -185,6 +189,58 @@ def synth(
         f"{', '.join(class_names(params))}",
         soft_wrap=True,
     )
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Every architecture: parameters (millions, 700 classes) and GFLOPs for one 3x16x112x112 clip."""
+    from rich.table import Table
+
+    from trainer.model_catalog import FAMILIES, model_stats
+
+    stats = model_stats()
+    table = Table(title="mega3d models (GFLOPs = 2 x multiply-adds)", title_justify="left")
+    for column in ("name", "reference alias", "params (M)", "GFLOPs"):
+        table.add_column(column, justify="right" if column in ("params (M)", "GFLOPs") else "left")
+    for family_name, family in FAMILIES.items():
+        for depth in family.depths:
+            row = stats[f"{family_name}-{depth}"]
+            table.add_row(
+                f"{family_name}-{depth}",
+                f"{family.reference_name}-{depth}",
+                f"{row['parameters'] / 1e6:.1f}",
+                f"{row['gflops']:.1f}",
+            )
+    out.print(table)
+    out.print("fine-tuning may start at (finetune[].train_from):")
+    for family_name, family in FAMILIES.items():
+        out.print(f"  {family_name}: {', '.join(family.stages)}", soft_wrap=True)
+
+
+@models_app.command("import")
+def import_model(
+    source: Annotated[
+        str, typer.Argument(help="Reference checkpoint (.pth), path or URI.", show_default=False)
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the mega3d checkpoint.")],
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture, e.g. r3d-50; default: the file's own.")
+    ] = None,
+    shortcut_type: Annotated[
+        str | None, typer.Option(help="A or B, when the file was trained with A.")
+    ] = None,
+) -> None:
+    """Convert a 3D-ResNets-PyTorch checkpoint (e.g. r3d50_KM_200ep.pth) into mega3d's format, checking that
+    every tensor fits the architecture; fine-tune it with `init_from: URI` in a spec."""
+    import subprocess
+
+    command = [sys.executable, "-m", "trainer.models", "import", source, "--output", output]
+    command += ["--arch", arch] if arch else []
+    command += ["--shortcut-type", shortcut_type] if shortcut_type else []
+    result = subprocess.run(command, capture_output=True, text=True)  # torch stays out of the CLI process
+    if result.returncode != 0:
+        fail([line.removeprefix("error: ") for line in result.stderr.strip().splitlines()[-1:]])
+    out.print(result.stdout.strip(), soft_wrap=True)
 
 
 def main() -> None:

@@ -7,7 +7,14 @@ The model registry in `trainer.models` is built from this table.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+# Parameters and GFLOPs of every model, computed by `python -m trainer.models stats` (checked by the tests).
+STATS_FILE = Path(__file__).with_name("model_stats.json")
+STATS_CLASSES = 700
+STATS_CLIP = (3, 16, 112, 112)
 
 RESNET_DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 BOTTLENECK_DEPTHS = (50, 101, 152, 200)
@@ -74,3 +81,9 @@ def family_of(name: str) -> tuple[str, Family]:
     """(family name, family) of a canonical model name."""
     family, _, _ = name.rpartition("-")
     return family, FAMILIES[family]
+
+
+def model_stats() -> dict[str, dict[str, float]]:
+    """{name: {"parameters", "gflops"}} at 700 classes for one 3 x 16 x 112 x 112 clip."""
+    stats: dict[str, dict[str, float]] = json.loads(STATS_FILE.read_text())
+    return stats

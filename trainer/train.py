@@ -118,6 +118,12 @@ def freeze_before(model: nn.Module, first_trained: str) -> list[nn.Module]:
     return [names[name] for name in frozen]
 
 
+def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
 class Trainer:
     def __init__(self, job: TrainJob) -> None:
         self.job = job
@@ -235,13 +241,8 @@ class Trainer:
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.to(self.rank.device, non_blocking=True)
 
-    def train_mode(self) -> None:
-        self.model.train()
-        for module in self.frozen:
-            module.eval()
-
     def train_epoch(self, loader: DataLoader[Any], epoch: int) -> tuple[float, float, int]:
-        self.train_mode()
+        set_train_mode(self.model, self.frozen)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
         last_report = time.monotonic()
         for step, (clips, labels) in enumerate(loader, 1):
