@@ -86,18 +86,26 @@ def compile_command(
     out.print(f"wrote {output} (pipeline mega3d-{experiment.name})")
 
 
-def missing_datasets(spec: ExperimentSpec, source: str) -> list[str]:
-    """Datasets the run would need that neither exist nor can be synthesized: caught before any step runs."""
+def missing_inputs(spec: ExperimentSpec, source: str) -> list[str]:
+    """Datasets that neither exist nor can be synthesized, and checkpoints that do not exist: found before
+    any step runs."""
     from trainer import storage
     from trainer.data.format import index_uri
+    from trainer.spec import is_checkpoint_uri
 
     used = sorted({name for stage in spec.stage_names() for name in spec.stage_datasets(stage)})
-    return [
+    problems = [
         f"{source}: datasets.{name}.uri: no dataset at {spec.dataset_uri(name)} "
         "(create it, e.g. with `mega3d data synth`, or give the dataset a `synthetic:` section)"
         for name in used
         if spec.datasets[name].synthetic is None and not storage.exists(index_uri(spec.dataset_uri(name)))
     ]
+    problems += [
+        f"{source}: finetune[{i}].init_from: no checkpoint at {spec.under_storage(stage.init_from)}"
+        for i, stage in enumerate(spec.finetune)
+        if is_checkpoint_uri(stage.init_from) and not storage.exists(spec.under_storage(stage.init_from))
+    ]
+    return problems
 
 
 @app.command()
@@ -121,7 +129,7 @@ def run(
     try:
         if storage.exists(run_dir):
             fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
-        missing = missing_datasets(experiment, str(spec))
+        missing = missing_inputs(experiment, str(spec))
     except (OSError, ValueError, ImportError) as error:  # unknown protocol, unreachable or unreadable storage
         fail([f"{spec}: storage {experiment.storage}: {error}"])
     if missing:

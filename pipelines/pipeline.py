@@ -3,6 +3,8 @@
     prepare-data(pretrain) -> pretrain -> for each fine-tune stage:
         prepare-data(stage) -> finetune(stage) -> evaluate(stage)
 
+Without a pretrain stage, fine-tuning starts from checkpoints named by URI (imported into the run).
+
 Pipeline parameters: `spec_json` (the validated spec), `run_id` (empty: the KFP run's id), `scheduler`
 (`kubernetes` on a cluster, `local_cwd` for `mega3d run`). No `from __future__ import annotations`:
 KFP reads the pipeline function's annotations as types.
@@ -44,23 +46,33 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
             )
             return step(task, f"prepare-data {stage}")
 
-        pretrain_data = prepare(PRETRAIN)
-        trained = {
-            PRETRAIN: step(
-                pretrain(spec_json=spec_json, scheduler=scheduler, data=pretrain_data.outputs["data"]),
-                PRETRAIN,
+        trained: dict[str, dsl.PipelineTask] = {}
+        # Data steps run one after another, so that a synthetic dataset two stages share is made once.
+        last_data: dsl.PipelineTask | None = None
+        if spec.pretrain is not None:
+            last_data = prepare(PRETRAIN)
+            trained[PRETRAIN] = step(
+                pretrain(spec_json=spec_json, scheduler=scheduler, data=last_data.outputs["data"]), PRETRAIN
             )
-        }
         for stage in spec.finetune:
-            # After the pretraining data: a synthetic dataset used by both stages is then created only once.
-            data = prepare(stage.name).after(pretrain_data)
+            data = prepare(stage.name)
+            if last_data is not None:
+                data.after(last_data)
+            last_data = data
+            if stage.init_from in trained:
+                init = trained[stage.init_from].outputs["model"]
+            else:  # an existing checkpoint, e.g. an imported reference model
+                uri = spec.under_storage(stage.init_from)
+                init = dsl.importer(
+                    artifact_uri=uri, artifact_class=dsl.Model, metadata={"checkpoint": uri}
+                ).output
             tuned = step(
                 finetune(
                     spec_json=spec_json,
                     stage=stage.name,
                     scheduler=scheduler,
                     data=data.outputs["data"],
-                    init=trained[stage.init_from].outputs["model"],
+                    init=init,
                 ),
                 f"finetune {stage.name}",
             )

@@ -155,7 +155,7 @@ def train(
         model,
         run_dir=data.metadata["run_dir"],
         checkpoint=result["checkpoint"],
-        arch=spec.pretrain.model.name,
+        arch=spec.model.name,
         classes=len(result["classes"]),
         stage=stage,
     )

@@ -17,7 +17,7 @@ def build_job(
     spec: ExperimentSpec, stage_name: str, data_index: str, out_dir: str, init: str | None, new_head: bool
 ) -> TrainJob:
     stage = spec.stage(stage_name)
-    model = spec.pretrain.model
+    model = spec.model
     return TrainJob(
         stage=stage_name,
         data_index=data_index,

@@ -21,6 +21,13 @@ from trainer.model_catalog import canonical_name, family_of, model_names
 # Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
 PRETRAIN = "pretrain"
+
+
+def is_checkpoint_uri(init_from: str) -> bool:
+    """Stage names are DNS-safe (no '/' or '.'): anything else names a checkpoint file."""
+    return "/" in init_from or "." in init_from
+
+
 # Stage names become directories of a run, beside these.
 RESERVED_STAGE_NAMES = ("data", "kfp")
 
@@ -119,13 +126,15 @@ class _StageSpec(_Strict):
 
 class PretrainSpec(_StageSpec):
     datasets: list[str] = Field(min_length=1, description="Datasets whose label spaces are concatenated.")
-    model: ModelSpec = ModelSpec()
 
 
 class FinetuneSpec(_StageSpec):
     name: Name
     dataset: str
-    init_from: str = Field(default=PRETRAIN, description="The stage whose checkpoint is the start point.")
+    init_from: str = Field(
+        default=PRETRAIN,
+        description="An earlier stage or a checkpoint URI (relative: under storage)",
+    )
     train_from: str | None = Field(
         default=None,
         description="First module to train (e.g. layer4); earlier modules are frozen. None trains all.",
@@ -142,12 +151,15 @@ class ExperimentSpec(_Strict):
     storage: str = Field(min_length=1, description="Root URI for datasets, checkpoints and metrics.")
     image: str = "mega3d:latest"
     datasets: dict[str, DatasetSpec] = Field(min_length=1)
-    pretrain: PretrainSpec
+    model: ModelSpec = Field(default=ModelSpec(), description="The architecture every stage trains.")
+    pretrain: PretrainSpec | None = Field(
+        default=None, description="None: fine-tune existing checkpoints only."
+    )
     finetune: list[FinetuneSpec] = Field(min_length=1)
     evaluation: EvaluationSpec = EvaluationSpec()
 
     def stage(self, name: str) -> PretrainSpec | FinetuneSpec:
-        if name == PRETRAIN:
+        if name == PRETRAIN and self.pretrain is not None:
             return self.pretrain
         for stage in self.finetune:
             if stage.name == name:
@@ -160,13 +172,21 @@ class ExperimentSpec(_Strict):
         return stage.datasets if isinstance(stage, PretrainSpec) else [stage.dataset]
 
     def stage_names(self) -> list[str]:
-        return [PRETRAIN, *(stage.name for stage in self.finetune)]
+        return [*([PRETRAIN] if self.pretrain else []), *(stage.name for stage in self.finetune)]
+
+    def stages(self) -> list[tuple[str, PretrainSpec | FinetuneSpec]]:
+        """(dotted path, stage) of every stage, in order."""
+        return [
+            *([("pretrain", self.pretrain)] if self.pretrain else []),
+            *((f"finetune[{i}]", stage) for i, stage in enumerate(self.finetune)),
+        ]
+
+    def under_storage(self, uri: str) -> str:
+        """A URI as written in the spec: relative ones are under `storage`."""
+        return uri if "://" in uri or uri.startswith("/") else f"{self.storage.rstrip('/')}/{uri}"
 
     def dataset_uri(self, name: str) -> str:
-        uri = self.datasets[name].uri
-        if "://" in uri or uri.startswith("/"):
-            return uri
-        return f"{self.storage.rstrip('/')}/{uri}"
+        return self.under_storage(self.datasets[name].uri)
 
     def with_storage(self, storage: str) -> ExperimentSpec:
         return self.model_copy(update={"storage": storage})
@@ -227,14 +247,12 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
         if name not in spec.datasets:
             problems.append(Problem(path, f"unknown dataset {name!r} (defined: {', '.join(known)})"))
 
-    for i, name in enumerate(spec.pretrain.datasets):
+    pretrain_datasets = spec.pretrain.datasets if spec.pretrain else []
+    for i, name in enumerate(pretrain_datasets):
         check_dataset(f"pretrain.datasets[{i}]", name)
-        if name in spec.pretrain.datasets[:i]:
+        if name in pretrain_datasets[:i]:
             problems.append(Problem(f"pretrain.datasets[{i}]", f"{name!r} is listed twice"))
-    for path, stage in (
-        ("pretrain", spec.pretrain),
-        *((f"finetune[{i}]", s) for i, s in enumerate(spec.finetune)),
-    ):
+    for path, stage in spec.stages():
         res = stage.resources
         if res.gpus and res.nproc_per_node > res.gpus:
             problems.append(
@@ -243,12 +261,12 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
                     f"{res.nproc_per_node} processes per node but {res.gpus} GPUs (one process per GPU)",
                 )
             )
-    model = spec.pretrain.model
+    model = spec.model
     stages: tuple[str, ...] = ()
     if model.name not in model_names():
         problems.append(
             Problem(
-                "pretrain.model.name",
+                "model.name",
                 f"unknown architecture {model.name!r} (known: {', '.join(model_names())})",
             )
         )
@@ -256,11 +274,11 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
         family_name, family = family_of(model.name)
         stages = family.stages
         problems += [
-            Problem(f"pretrain.model.{option}", f"{family_name} models take no {option!r} option")
+            Problem(f"model.{option}", f"{family_name} models take no {option!r} option")
             for option in model.options()
             if option not in family.options
         ]
-    earlier = [PRETRAIN]
+    earlier = spec.stage_names()[:1] if spec.pretrain else []
     for i, stage in enumerate(spec.finetune):
         check_dataset(f"finetune[{i}].dataset", stage.dataset)
         if stage.name in earlier or stage.name in RESERVED_STAGE_NAMES:
@@ -272,11 +290,12 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
                     f"{model.name} has no stage {stage.train_from!r} (one of: {', '.join(stages)})",
                 )
             )
-        if stage.init_from not in earlier:
+        if not is_checkpoint_uri(stage.init_from) and stage.init_from not in earlier:
             problems.append(
                 Problem(
                     f"finetune[{i}].init_from",
-                    f"{stage.init_from!r} is not an earlier stage (earlier: {', '.join(earlier)})",
+                    f"{stage.init_from!r} is neither an earlier stage "
+                    f"(earlier: {', '.join(earlier) or 'none'}) nor a checkpoint URI",
                 )
             )
         earlier.append(stage.name)
@@ -328,10 +347,14 @@ def spec_from_json(text: str, source: str = "spec_json") -> ExperimentSpec:
 
 def summary(spec: ExperimentSpec) -> str:
     pre = spec.pretrain
-    res = pre.resources
-    targets = ", ".join(f"{s.name}({s.dataset})" for s in spec.finetune)
-    return (
-        f"{spec.name}: pretrain {pre.model.name} on {'+'.join(pre.datasets)} "
-        f"({res.nnodes}x{res.nproc_per_node}, {pre.epochs} epochs), fine-tune {targets}; "
-        f"storage {spec.storage}"
+    pretraining = (
+        f"pretrain on {'+'.join(pre.datasets)} ({pre.resources.nnodes}x{pre.resources.nproc_per_node}, "
+        f"{pre.epochs} epochs), "
+        if pre
+        else ""
     )
+    targets = ", ".join(
+        f"{s.name}({s.dataset}{'' if s.init_from in spec.stage_names() else ' from ' + s.init_from})"
+        for s in spec.finetune
+    )
+    return f"{spec.name}: {spec.model.name}; {pretraining}fine-tune {targets}; storage {spec.storage}"

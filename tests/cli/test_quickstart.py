@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import QUICKSTART, mega3d
 
@@ -63,3 +64,38 @@ def test_a_finished_run_is_never_overwritten(quickstart_run: tuple[Path, str]) -
     again = mega3d("run", str(QUICKSTART), "--run-id", "e2e", cwd=run.parents[5])
     assert again.returncode == 2 and "already exists" in again.stderr
     assert (run / "motion-c" / "evaluation" / "metrics.json").read_bytes() == before
+
+
+def test_a_published_checkpoint_is_finetuned_without_pretraining(tmp_path: Path) -> None:
+    """The reference implementation's .pth layout (DataParallel prefixes, its arch string) goes straight
+    into a fine-tune stage: `init_from` names the file and no pretraining runs."""
+    import torch
+
+    from trainer.models import build_model
+
+    data = yaml.safe_load(QUICKSTART.read_text())
+    del data["pretrain"]
+    stage = data["finetune"][0]
+    stage.update(init_from="published/r3d10_KM_200ep.pth", epochs=2)
+    spec = tmp_path / "published.yaml"
+    spec.write_text(yaml.safe_dump(data))
+
+    missing = mega3d("run", str(spec), cwd=tmp_path)
+    assert missing.returncode == 2 and "finetune[0].init_from: no checkpoint at" in missing.stderr
+
+    published = build_model("r3d-10", 1039, widen_factor=0.25)
+    path = tmp_path / "runs" / "quickstart" / "published" / "r3d10_KM_200ep.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(
+        {
+            "epoch": 200,
+            "arch": "resnet-10",
+            "state_dict": {f"module.{k}": v for k, v in published.state_dict().items()},
+        },
+        path,
+    )
+    result = mega3d("run", str(spec), "--run-id", "published", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = path.parents[1] / "experiments" / "quickstart" / "runs" / "published"
+    assert not (run / "pretrain").exists()
+    assert metrics(run, "motion-c", "evaluation")["n_videos"] == 40

@@ -63,8 +63,8 @@ MISTAKES = {
         "finetune[0].name: stage name 'data' is already used",
     ),
     "option of another family": (
-        lambda d: d["pretrain"]["model"].update(cardinality=8),
-        "pretrain.model.cardinality: r3d models take no 'cardinality' option",
+        lambda d: d["model"].update(cardinality=8),
+        "model.cardinality: r3d models take no 'cardinality' option",
     ),
     "unknown field": (lambda d: d["pretrain"].update(epoch=3), "pretrain.epoch: unknown field"),
     "wrong type": (lambda d: d["pretrain"].update(batch_size="many"), "pretrain.batch_size: Input should be"),
@@ -82,8 +82,8 @@ MISTAKES = {
         "finetune[0].dataset: unknown dataset 'ucf'",
     ),
     "unknown architecture": (
-        lambda d: d["pretrain"]["model"].update(name="r3d-19"),
-        "pretrain.model.name: unknown architecture 'r3d-19'",
+        lambda d: d["model"].update(name="r3d-19"),
+        "model.name: unknown architecture 'r3d-19'",
     ),
     "unknown module": (
         lambda d: d["finetune"][0].update(train_from="layer9"),
@@ -91,7 +91,7 @@ MISTAKES = {
     ),
     "bad init_from": (
         lambda d: d["finetune"][0].update(init_from="later"),
-        "finetune[0].init_from: 'later' is not",
+        "finetune[0].init_from: 'later' is neither an earlier stage (earlier: pretrain) nor a checkpoint",
     ),
     "missing field": (lambda d: d.pop("storage"), "storage: required field is missing"),
     "not DNS-safe": (
@@ -148,7 +148,7 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 def test_validate_command_exit_codes(tmp_path: Path) -> None:
     good = mega3d("validate", str(QUICKSTART))
     assert good.returncode == 0, good.stderr
-    assert good.stdout.startswith("ok quickstart: pretrain r3d-10 on motion-a+motion-b (2x1")
+    assert good.stdout.startswith("ok quickstart: r3d-10; pretrain on motion-a+motion-b (2x1")
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(edit(lambda d: d["pretrain"]["resources"].update(nnodes=-1, gpus="x"))))
@@ -167,9 +167,24 @@ def test_model_names_cover_every_depth() -> None:
 
 
 def test_reference_aliases_are_accepted_and_canonicalised() -> None:
-    spec = parse_spec(edit(lambda d: d["pretrain"]["model"].update(name="resnet2p1d-18")))
-    assert spec.pretrain.model.name == "r2plus1d-18"
-    assert spec.pretrain.model.options() == {"widen_factor": 0.25}
+    spec = parse_spec(edit(lambda d: d["model"].update(name="resnet2p1d-18")))
+    assert spec.model.name == "r2plus1d-18"
+    assert spec.model.options() == {"widen_factor": 0.25}
+
+
+def test_finetuning_published_checkpoints_needs_no_pretraining() -> None:
+    def without_pretraining(d: dict) -> None:
+        del d["pretrain"]
+        d["finetune"][0]["init_from"] = "checkpoints/r3d10_K_200ep.pth"
+
+    spec = parse_spec(edit(without_pretraining))
+    assert spec.stage_names() == ["motion-c"]
+    assert spec.under_storage(spec.finetune[0].init_from) == "runs/quickstart/checkpoints/r3d10_K_200ep.pth"
+
+    with pytest.raises(
+        SpecError, match=r"finetune\[0\].init_from: 'pretrain' is neither an earlier stage \(earlier: none\)"
+    ):
+        parse_spec(edit(lambda d: d.pop("pretrain")), "bad.yaml")
 
 
 def test_spec_json_is_validated_too() -> None:

@@ -29,11 +29,8 @@ def write_spec(tmp_path: Path, dataset: str, **finetune: Any) -> str:
             "name": "tiny",
             "storage": str(tmp_path),
             "datasets": {"tiny": {"uri": dataset}},
-            "pretrain": {
-                "datasets": ["tiny"],
-                "model": {"name": "r3d-10", "widen_factor": 0.125},
-                **TINY_STAGE,
-            },
+            "model": {"name": "r3d-10", "widen_factor": 0.125},
+            "pretrain": {"datasets": ["tiny"], **TINY_STAGE},
             "finetune": [{"name": "tuned", "dataset": "tiny", **TINY_STAGE, **finetune}],
             "evaluation": {"batch_size": 8},
         }
