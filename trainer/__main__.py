@@ -38,6 +38,8 @@ def build_job(
         weight_decay=stage.optimizer.weight_decay,
         patience=stage.schedule.patience,
         factor=stage.schedule.factor,
+        precision=stage.precision,
+        channels_last=stage.channels_last,
         eval_split=spec.evaluation.split,
         eval_batch_size=spec.evaluation.batch_size,
     )

@@ -122,6 +122,8 @@ class _StageSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     resources: ResourcesSpec = ResourcesSpec()
     max_retries: Annotated[int, Field(ge=0)] = 0
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (for GPUs)")
+    channels_last: bool = Field(default=False, description="channels_last_3d memory format (for GPUs)")
 
 
 class PretrainSpec(_StageSpec):
@@ -254,6 +256,9 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
             problems.append(Problem(f"pretrain.datasets[{i}]", f"{name!r} is listed twice"))
     for path, stage in spec.stages():
         res = stage.resources
+        if not res.gpus and stage.precision == "bf16" and stage.channels_last:
+            # PyTorch's CPU kernels crash on bf16 channels_last_3d convolutions (seen with torch 2.13).
+            problems.append(Problem(f"{path}.channels_last", "bf16 with channels_last needs GPUs (gpus: 0)"))
         if res.gpus and res.nproc_per_node > res.gpus:
             problems.append(
                 Problem(

@@ -60,6 +60,8 @@ class TrainJob:
     weight_decay: float = 0.001
     patience: int = 10
     factor: float = 0.1
+    precision: str = "fp32"
+    channels_last: bool = False
     eval_split: str = "validation"
     eval_batch_size: int = 32
 
@@ -139,6 +141,9 @@ class Trainer:
         self.index: DatasetIndex = load_index(job.data_index)
         self.classes = self.index.classes
         self.model = self._build_model().to(self.rank.device)
+        if job.channels_last:
+            # Module.to's type stubs omit memory_format, which it accepts.
+            self.model = self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.frozen = freeze_before(self.model, job.train_from) if job.train_from else []
         on_gpu = self.rank.device.type == "cuda"
         self.ddp = DistributedDataParallel(
@@ -239,7 +244,14 @@ class Trainer:
             )
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.dim() == 5 and self.job.channels_last:
+            return batch.to(self.rank.device, memory_format=torch.channels_last_3d, non_blocking=True)
         return batch.to(self.rank.device, non_blocking=True)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(
+            self.rank.device.type, dtype=torch.bfloat16, enabled=self.job.precision == "bf16"
+        )
 
     def train_epoch(self, loader: DataLoader[Any], epoch: int) -> tuple[float, float, int]:
         set_train_mode(self.model, self.frozen)
@@ -256,8 +268,9 @@ class Trainer:
         return loss_sum / n, correct / n, int(n)
 
     def train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-        logits = self.ddp(clips)
-        loss = self.loss_fn(logits, labels)
+        with self.autocast():
+            logits = self.ddp(clips)
+            loss = self.loss_fn(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -271,7 +284,8 @@ class Trainer:
         for clips, labels, _ in loader:
             own = own_windows(self.rank.rank, self.rank.world_size, n_windows, seen, len(labels))
             seen += len(labels)
-            logits = self.model(self.to_device(clips))[own.to(self.rank.device)]
+            with self.autocast():
+                logits = self.model(self.to_device(clips)).float()[own.to(self.rank.device)]
             loss = nn.functional.cross_entropy(logits, self.to_device(labels[own]), reduction="sum")
             totals += torch.tensor([float(loss), int(own.sum())], dtype=torch.float64)
         dist.all_reduce(totals)
@@ -294,7 +308,9 @@ class Trainer:
         for clips, labels, numbers in self._loader(windows, job.eval_batch_size, shuffle=False):
             own = own_windows(self.rank.rank, self.rank.world_size, len(windows), seen, len(labels))
             seen += len(labels)
-            probs = torch.softmax(self.model(self.to_device(clips)), dim=1).double().cpu()[own]
+            with self.autocast():
+                logits = self.model(self.to_device(clips))
+            probs = torch.softmax(logits.float(), dim=1).double().cpu()[own]
             sums.index_add_(0, numbers[own], probs)
             counts.index_add_(0, numbers[own], torch.ones(int(own.sum()), dtype=torch.float64))
             correct += (probs.argmax(1) == labels[own]).sum()

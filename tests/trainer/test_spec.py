@@ -42,6 +42,10 @@ def edit(change: callable) -> dict:
 
 
 MISTAKES = {
+    "bf16 channels_last on CPU": (
+        lambda d: d["finetune"][0].update(precision="bf16", channels_last=True),
+        "finetune[0].channels_last: bf16 with channels_last needs GPUs",
+    ),
     "negative seed": (
         lambda d: d["datasets"]["motion-a"]["synthetic"].update(seed=-1),
         "datasets.motion-a.synthetic.seed: Input should be greater than or equal to 0",

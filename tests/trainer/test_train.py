@@ -175,3 +175,22 @@ def test_resuming_restores_weights_optimizer_and_schedule(
         assert [h["epoch"] for h in trainer.history] == list(range(1, saved["epoch"] + 1))
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize(
+    "options", [{"precision": "bf16"}, {"channels_last": True}], ids=["bf16", "channels_last"]
+)
+def test_bf16_autocast_and_channels_last_train_end_to_end(
+    pretrained: tuple[Path, str], tiny_dataset: str, options: dict[str, Any]
+) -> None:
+    tmp_path, _ = pretrained
+    name = next(iter(options))
+    (tmp_path / name).mkdir()
+    spec = write_spec(tmp_path / name, tiny_dataset, epochs=1, **options)
+    out = tmp_path / name / "out"
+    trainer("train", spec, "tuned", tiny_dataset, out, tmp_path / "pretrain" / "checkpoint.pt")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["job"][name] == options[name]
+    assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0
+    state = load_checkpoint(str(out / "checkpoint.pt"))["state_dict"]
+    assert state["conv1.weight"].dtype == torch.float32  # autocast keeps the weights in fp32
