@@ -40,9 +40,13 @@ def conv1x1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv3d:
 
 
 class Block(nn.Module):
-    """A residual block: `expansion` x planes channels out."""
+    """A residual block: `expansion` x planes channels out; `downsample` (if any) maps its input to match."""
 
     expansion: ClassVar[int] = 1
+    downsample: nn.Module | None
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.downsample is None else self.downsample(x)
 
 
 class ZeroPadShortcut(nn.Module):
@@ -73,7 +77,7 @@ class BasicBlock(Block):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
@@ -96,7 +100,7 @@ class Bottleneck(Block):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))

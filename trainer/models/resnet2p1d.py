@@ -52,7 +52,7 @@ class BasicBlock2p1d(Block):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         out = self.relu(self.bn1_s(self.conv1_s(x)))
         out = self.relu(self.bn1_t(self.conv1_t(out)))
         out = self.relu(self.bn2_s(self.conv2_s(out)))
@@ -80,7 +80,7 @@ class Bottleneck2p1d(Block):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        identity = self.shortcut(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2_s(self.conv2_s(out)))
         out = self.relu(self.bn2_t(self.conv2_t(out)))
