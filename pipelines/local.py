@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import tempfile
 import warnings
 from typing import TextIO
 
@@ -53,7 +54,11 @@ class ExecutorLogFilter(io.TextIOBase):
 
 def run_local(spec: ExperimentSpec, run_id: str, verbose: bool = False) -> None:
     """Raises when a step fails (kfp.local stops the pipeline at the first failed task)."""
-    pipeline_root = storage.join(layout.run_dir(spec, run_id), "kfp")
+    run = layout.run_dir(spec, run_id)
+    # kfp.local keeps its artifacts on the local disk: beside the run when that is local, else in /tmp.
+    pipeline_root = (
+        storage.join(run, "kfp") if "://" not in run else tempfile.mkdtemp(prefix=f"mega3d-kfp-{run_id}-")
+    )
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True
     )

@@ -42,7 +42,11 @@ def local_absolute(uri: str) -> str:
 
 
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
+    options = {}
+    if uri.startswith("gs://") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # An emulator takes no credentials: do not go looking for any (metadata server, gcloud files).
+        options["token"] = "anon"
+    fs, path = fsspec.core.url_to_fs(uri, **options)
     return fs, path
 
 

@@ -12,6 +12,7 @@ gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -191,12 +192,15 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.log(f"resuming after epoch {state['epoch']} from {self.checkpoint_uri}")
 
-    def _loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
+    def _loader(
+        self, dataset: Dataset[Any], batch_size: int, shuffle: bool, drop_last: bool = False
+    ) -> DataLoader[Any]:
         sampler = DistributedSampler(dataset, shuffle=shuffle, drop_last=False)  # type: ignore[var-annotated]
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=self.job.num_workers,
             persistent_workers=self.job.num_workers > 0,
             pin_memory=self.rank.device.type == "cuda",
@@ -212,7 +216,15 @@ class Trainer:
         ):
             if not videos:  # found now rather than after the last epoch
                 raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
-        loader = self._loader(clips, job.batch_size, shuffle=True)
+        # BatchNorm cannot train on a batch of one clip: drop a short last batch, and refuse a dataset that
+        # leaves a process fewer than two clips.
+        per_process = math.ceil(len(clips) / self.rank.world_size)
+        if per_process < 2:
+            raise ValueError(
+                f"{job.data_index}: {len(clips)} training videos for {self.rank.world_size} processes; "
+                "each process needs at least 2"
+            )
+        loader = self._loader(clips, job.batch_size, shuffle=True, drop_last=per_process >= job.batch_size)
         val_windows = EvaluationWindows(
             self.index, "validation", job.clip_frames, job.clip_size, middle_only=True
         )

@@ -7,9 +7,11 @@ import pytest
 from trainer import storage
 
 
-@pytest.mark.parametrize("root", ["local", "memory://mega3d-test"])
-def test_round_trips(tmp_path: Path, root: str) -> None:
-    base = str(tmp_path) if root == "local" else root
+@pytest.mark.parametrize("root", ["local", "memory", "gcs"])
+def test_round_trips(tmp_path: Path, root: str, request: pytest.FixtureRequest) -> None:
+    base = {"local": str(tmp_path), "memory": "memory://mega3d-test"}.get(root) or request.getfixturevalue(
+        "gcs_bucket"
+    ) + "/round-trip"
     uri = storage.join(base, "a", "b.bin")
     storage.write_bytes(uri, b"0123456789")
     assert storage.exists(uri)
