@@ -16,7 +16,7 @@ def test_cli_path_never_imports_torch(tmp_path: Path) -> None:
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from cli.main import app\n"
-        f"for args in (['--help'], ['validate', {str(QUICKSTART)!r}],\n"
+        f"for args in (['--help'], ['validate', {str(QUICKSTART)!r}], ['models', 'list'],\n"
         f"             ['compile', {str(QUICKSTART)!r}, '-o', {str(tmp_path / 'p.yaml')!r}],\n"
         f"             ['data', 'synth', {str(tmp_path / 'ds')!r}, '--videos-per-class', '2']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
