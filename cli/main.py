@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -37,6 +38,13 @@ if not out.is_terminal:
 err = Console(stderr=True, highlight=False)
 
 _SYNTH = {name: field.default for name, field in SyntheticSpec.model_fields.items()}
+
+
+class ShortcutType(StrEnum):
+    A = "A"
+    B = "B"
+
+
 RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 SpecPath = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_default=False)]
 
@@ -235,7 +243,7 @@ def import_model(
         str | None, typer.Option(help="Architecture, e.g. r3d-50; default: the file's own.")
     ] = None,
     shortcut_type: Annotated[
-        str | None, typer.Option(help="A or B, when the file was trained with A.")
+        ShortcutType | None, typer.Option(help="A when the file was trained with type-A shortcuts.")
     ] = None,
 ) -> None:
     """Convert a 3D-ResNets-PyTorch checkpoint (e.g. r3d50_KM_200ep.pth) into mega3d's format, checking that
@@ -244,10 +252,16 @@ def import_model(
 
     command = [sys.executable, "-m", "trainer.models", "import", source, "--output", output]
     command += ["--arch", arch] if arch else []
-    command += ["--shortcut-type", shortcut_type] if shortcut_type else []
+    command += ["--shortcut-type", shortcut_type.value] if shortcut_type else []
     result = subprocess.run(command, capture_output=True, text=True)  # torch stays out of the CLI process
+    last_line = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+    if result.returncode == 2 and "Traceback" not in result.stderr:
+        fail([last_line.removeprefix("error: ")])
     if result.returncode != 0:
-        fail([line.removeprefix("error: ") for line in result.stderr.strip().splitlines()[-1:]])
+        fail(
+            [f"internal error in `python -m trainer.models import` (exit {result.returncode}): {last_line}"],
+            1,
+        )
     out.print(result.stdout.strip(), soft_wrap=True)
 
 

@@ -14,7 +14,7 @@ from components.train import trainer
 from pipelines.launcher import LOCAL_SCHEDULER, free_port, launch
 from trainer import layout, storage
 from trainer.data.format import DatasetError, index_uri, load_index, merge, save_index
-from trainer.spec import PRETRAIN, ExperimentSpec, spec_from_json
+from trainer.spec import PRETRAIN, ExperimentSpec, is_checkpoint_uri, spec_from_json
 
 TRAINED_METRICS = (
     "clip_accuracy",
@@ -149,7 +149,11 @@ def train(
     """Launch the stage's DDP training job and wait for it; record its checkpoint and metrics."""
     spec = spec_from_json(spec_json)
     out = layout.stage_dir(data.metadata["run_dir"], stage)
-    checkpoint = init.metadata["checkpoint"] if init is not None else None
+    init_from = spec.stage(stage).init_from if stage != PRETRAIN else None  # type: ignore[union-attr]
+    if init_from is not None and is_checkpoint_uri(init_from):
+        checkpoint: str | None = spec.under_storage(init_from)  # as the spec says now, if edited at run time
+    else:
+        checkpoint = init.metadata["checkpoint"] if init is not None else None
     result = _run_trainer(spec, "train", stage, scheduler, data, out, checkpoint)
     _write_pointer(
         model,

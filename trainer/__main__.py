@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("evaluate needs --init CHECKPOINT")
 
     spec = spec_from_json(storage.read_bytes(args.spec).decode())
-    # Training from a checkpoint is fine-tuning on another label space: the head starts afresh.
+    # Training from a checkpoint is fine-tuning: a head trained on other classes starts afresh.
     job = build_job(spec, args.stage, args.data_index, args.out, args.init, new_head=args.command == "train")
     started = time.monotonic()
     trainer = Trainer(job)

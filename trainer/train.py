@@ -33,6 +33,7 @@ from trainer.data.clips import EvaluationWindows, TrainingClips
 from trainer.data.format import DatasetIndex, load_index
 from trainer.evaluate import own_windows, summarize
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE
+from trainer.model_catalog import canonical_name
 from trainer.models import build_model, load_weights
 
 PROGRESS_EVERY_S = 20.0
@@ -48,7 +49,7 @@ class TrainJob:
     model_name: str
     model_options: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
-    new_head: bool = False
+    new_head: bool = False  # fine-tuning: a checkpoint's head for other classes is replaced
     train_from: str | None = None
     epochs: int = 1
     batch_size: int = 8
@@ -172,12 +173,19 @@ class Trainer:
         model = build_model(job.model_name, len(self.classes), **job.model_options)
         if job.init_checkpoint is not None:
             state = load_checkpoint(job.init_checkpoint)
-            if not job.new_head and state.get("classes") not in (None, self.classes):
+            arch = canonical_name(str(state.get("arch", job.model_name)))
+            if arch != job.model_name:
+                raise ValueError(
+                    f"{job.init_checkpoint} holds a {arch} model; the spec's model is {job.model_name}"
+                )
+            same_classes = state.get("classes") == self.classes
+            if not job.new_head and state.get("classes") is not None and not same_classes:
                 raise ValueError(
                     f"{job.init_checkpoint} was trained on other classes than those of {job.data_index}: "
                     "scores against these labels would mean nothing"
                 )
-            load_weights(model, state, new_head=job.new_head)
+            # Fine-tuning keeps the head only when the checkpoint was trained on exactly these classes.
+            load_weights(model, state, new_head=job.new_head and not same_classes, where=job.init_checkpoint)
         return model
 
     def _resume(self) -> None:

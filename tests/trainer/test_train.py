@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ import pytest
 import torch
 
 from trainer.checkpoint import load_checkpoint
-from trainer.spec import parse_spec
+from trainer.data.synth import synthesize
+from trainer.spec import SyntheticSpec, parse_spec
+from trainer.train import Trainer, TrainJob
 
 TINY_STAGE = {
     "epochs": 2,
@@ -65,6 +68,31 @@ def trainer(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def world_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torchrun environment of a single process, for a Trainer inside the test process."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for key, value in {
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+def set_up(job: TrainJob) -> Trainer:
+    trainer = Trainer(job)
+    try:
+        trainer.setup()
+    except BaseException:
+        trainer.close()
+        raise
+    return trainer
 
 
 @pytest.fixture(scope="module")
@@ -137,19 +165,10 @@ def test_evaluate_command_scores_a_checkpoint(pretrained: tuple[Path, str], tiny
 def test_resuming_restores_weights_optimizer_and_schedule(
     pretrained: tuple[Path, str], tiny_dataset: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainer.train import Trainer, TrainJob
-
     tmp_path, _ = pretrained
     out = tmp_path / "pretrain"
     saved = load_checkpoint(str(out / "checkpoint.pt"))
-    for key, value in {
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29555",
-    }.items():
-        monkeypatch.setenv(key, value)
+    world_of_one(monkeypatch)
     job = TrainJob(
         stage="pretrain",
         data_index=f"{tiny_dataset}/index.json",
@@ -194,3 +213,67 @@ def test_bf16_autocast_and_channels_last_train_end_to_end(
     assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0
     state = load_checkpoint(str(out / "checkpoint.pt"))["state_dict"]
     assert state["conv1.weight"].dtype == torch.float32  # autocast keeps the weights in fp32
+
+
+def finetune_job(tmp_path: Path, dataset: str, init: Path, **changes: Any) -> TrainJob:
+    fields: dict[str, Any] = {
+        "stage": "tuned",
+        "data_index": f"{dataset}/index.json",
+        "out_dir": str(tmp_path),
+        "model_name": "r3d-10",
+        "model_options": {"widen_factor": 0.125},
+        "init_checkpoint": str(init),
+        "new_head": True,
+        "clip_frames": 4,
+        "clip_size": 16,
+    }
+    return TrainJob(**{**fields, **changes})
+
+
+def test_the_head_is_kept_only_for_the_same_classes(
+    pretrained: tuple[Path, str], tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init = pretrained[0] / "pretrain" / "checkpoint.pt"
+    trained_head = load_checkpoint(str(init))["state_dict"]["fc.weight"]
+    other = str(tmp_path / "other")  # three classes too, but other motions
+    synthesize(other, SyntheticSpec(classes=3, videos_per_class=4, frames=10, size=24, rotation=60, seed=2))
+    for dataset, kept in ((tiny_dataset, True), (other, False)):
+        world_of_one(monkeypatch)
+        trainer = set_up(finetune_job(tmp_path / "out", dataset, init))
+        try:
+            assert torch.equal(trainer.model.fc.weight, trained_head) is kept, dataset
+            assert torch.equal(
+                trainer.model.conv1.weight, load_checkpoint(str(init))["state_dict"]["conv1.weight"]
+            )
+        finally:
+            trainer.close()
+
+
+def test_evaluating_on_other_classes_or_another_architecture_is_refused(
+    pretrained: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init = pretrained[0] / "pretrain" / "checkpoint.pt"
+    other = str(tmp_path / "other")
+    synthesize(other, SyntheticSpec(classes=3, videos_per_class=4, frames=10, size=24, rotation=60, seed=2))
+    world_of_one(monkeypatch)
+    with pytest.raises(ValueError, match="was trained on other classes"):
+        set_up(finetune_job(tmp_path / "out", other, init, new_head=False))
+    world_of_one(monkeypatch)
+    with pytest.raises(ValueError, match="holds a r3d-10 model; the spec's model is r3d-18"):
+        set_up(finetune_job(tmp_path / "out", other, init, model_name="r3d-18"))
+
+
+def test_channels_last_and_bf16_reach_the_model_and_the_inputs(
+    pretrained: tuple[Path, str], tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    init = pretrained[0] / "pretrain" / "checkpoint.pt"
+    world_of_one(monkeypatch)
+    trainer = set_up(finetune_job(tmp_path / "out", tiny_dataset, init, channels_last=True, precision="bf16"))
+    try:
+        assert trainer.model.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        clips = trainer.to_device(torch.randn(2, 3, 4, 16, 16))
+        assert clips.is_contiguous(memory_format=torch.channels_last_3d) and not clips.is_contiguous()
+        with trainer.autocast():
+            assert trainer.model(clips).dtype == torch.bfloat16
+    finally:
+        trainer.close()

@@ -51,7 +51,7 @@ def import_reference(source: str, output: str, arch: str | None, options: dict[s
         raise WeightsError(f"{source}: no {head}.weight: not a {name} checkpoint")
     n_classes = int(tensors[f"{head}.weight"].shape[0])
     model = build_model(name, n_classes, **options)
-    load_weights(model, tensors)  # strict: every key and shape must fit
+    load_weights(model, tensors, where=f"{source} (as {name})")  # strict: every key and shape must fit
     save_checkpoint(
         output,
         {

@@ -92,7 +92,8 @@ class R2Plus1D(ResNet):
     """The ResNet skeleton with a factorised stem: 1x7x7 spatial, then t x 1 x 1 temporal."""
 
     def make_stem(self, n_input_channels: int, t_size: int, t_stride: int) -> None:
-        mid = mid_planes(n_input_channels, self.in_planes, spatial=49, temporal=t_size)
+        # The reference sizes this width for RGB whatever the input channels; so must we, to load its files.
+        mid = mid_planes(3, self.in_planes, spatial=49, temporal=t_size)
         self.conv1_s = nn.Conv3d(
             n_input_channels, mid, kernel_size=(1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False
         )

@@ -8,7 +8,7 @@ Accepted: the reference implementation's files (`{"state_dict", "arch", ...}`, w
 from __future__ import annotations
 
 import io
-import pickle
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,28 +24,44 @@ class WeightsError(ValueError):
     pass
 
 
-def read_state(source: str | Mapping[str, Any]) -> dict[str, Any]:
+Source = str | os.PathLike[str] | Mapping[str, Any]
+# Added to BatchNorm in PyTorch 0.4.1: older reference files lack it, and a missing one is harmless.
+OPTIONAL_SUFFIX = ".num_batches_tracked"
+
+
+def _reason(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line]  # what the unpickler refused, e.g. posix.system
+    return (named or lines or [type(error).__name__])[0]
+
+
+def read_state(source: Source) -> dict[str, Any]:
     """A checkpoint's top-level mapping, from a path/URI or as given."""
-    if not isinstance(source, str):
+    if isinstance(source, Mapping):
         return dict(source)
+    uri = os.fspath(source)
+    data = storage.read_bytes(uri)
     try:
-        loaded = torch.load(io.BytesIO(storage.read_bytes(source)), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise WeightsError(f"{source}: refused: not a checkpoint of plain tensors ({reason})") from None
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # the unpickler raises many kinds on bad bytes; all mean "not a checkpoint"
+        raise WeightsError(f"{uri}: refused: not a checkpoint of plain tensors ({_reason(error)})") from None
     if not isinstance(loaded, dict):
-        raise WeightsError(f"{source}: expected a mapping at the top level, found {type(loaded).__name__}")
+        raise WeightsError(f"{uri}: expected a mapping at the top level, found {type(loaded).__name__}")
     return loaded
 
 
 def state_dict_of(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint (reference, mega3d or bare), without a DataParallel `module.` prefix."""
+    """The tensors of a checkpoint (reference, mega3d or bare), without DataParallel's `module.` prefixes."""
     weights = state["state_dict"] if isinstance(state.get("state_dict"), Mapping) else state
-    tensors = {key: value for key, value in weights.items() if isinstance(value, torch.Tensor)}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in weights.items():
+        if isinstance(value, torch.Tensor):
+            name = key.removeprefix("module.")
+            if name in tensors:
+                raise WeightsError(f"both {name} and module.{name} are in the checkpoint")
+            tensors[name] = value
     if not tensors:
         raise WeightsError("no tensors found: expected a state_dict or a checkpoint with one")
-    if all(key.startswith("module.") for key in tensors):
-        tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
     return tensors
 
 
@@ -64,14 +80,10 @@ def _listing(title: str, keys: list[str]) -> str:
 
 def _hints(missing: list[str], unexpected: list[str], misshaped: list[str], head: str) -> list[str]:
     hints = []
-    if any(".downsample." in key for key in unexpected):
-        hints.append(
-            "the checkpoint has type-B shortcuts (downsample convolutions): build with shortcut_type='B'"
-        )
-    if any(".downsample." in key for key in missing):
-        hints.append(
-            "the checkpoint has type-A shortcuts (no downsample weights): build with shortcut_type='A'"
-        )
+    if any(key.endswith(".downsample.0.weight") for key in unexpected):
+        hints.append("the checkpoint has type-B shortcuts (downsample convolutions): use shortcut_type B")
+    if any(key.endswith(".downsample.0.weight") for key in missing):
+        hints.append("the checkpoint has type-A shortcuts (no downsample weights): use shortcut_type A")
     if misshaped and all(key.startswith(f"{head}.") for key in misshaped):
         hints.append(
             "only the head differs in size: fine-tuning on other classes replaces it (new_head=True)"
@@ -80,24 +92,30 @@ def _hints(missing: list[str], unexpected: list[str], misshaped: list[str], head
 
 
 def load_weights(
-    model: nn.Module, source: str | Mapping[str, Any], *, strict: bool = True, new_head: bool = False
+    model: nn.Module, source: Source, *, strict: bool = True, new_head: bool = False, where: str | None = None
 ) -> None:
-    """Copy weights into `model`.
+    """Copy weights into `model` from a path/URI or a loaded checkpoint.
 
     With `new_head`, the head keeps its fresh initialisation (fine-tuning on another label space). With
     `strict`, any missing, unexpected or mis-shaped key is an error that lists them; otherwise only the
-    matching tensors are copied.
+    matching tensors are copied. `where` names the source in errors when it is given as a loaded mapping.
     """
     loaded = state_dict_of(read_state(source))
     expected = model.state_dict()
     head = head_name(model)
     if new_head:
         loaded = {key: value for key, value in loaded.items() if not key.startswith(f"{head}.")}
-    missing = [key for key in expected if key not in loaded and not (new_head and key.startswith(f"{head}."))]
+    missing = [
+        key
+        for key in expected
+        if key not in loaded
+        and not key.endswith(OPTIONAL_SUFFIX)
+        and not (new_head and key.startswith(f"{head}."))
+    ]
     unexpected = [key for key in loaded if key not in expected]
     misshaped = [key for key in loaded if key in expected and loaded[key].shape != expected[key].shape]
     if strict and (missing or unexpected or misshaped):
-        where = source if isinstance(source, str) else "the given state"
+        where = where or ("the given state" if isinstance(source, Mapping) else os.fspath(source))
         parts = [
             _listing("missing", missing) if missing else "",
             _listing("unexpected", unexpected) if unexpected else "",

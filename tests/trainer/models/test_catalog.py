@@ -68,11 +68,16 @@ def test_import_command_errors_are_one_line(tmp_path: Path) -> None:
 
     again = mega3d("models", "import", str(source), "-o", str(output))
     wrong = mega3d("models", "import", str(source), "--arch", "r3d-34", "-o", str(tmp_path / "x.pt"))
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint")
-    unreadable = mega3d("models", "import", str(garbage), "-o", str(tmp_path / "y.pt"))
-    for result, message in ((again, "already exists"), (wrong, "missing ("), (unreadable, "refused")):
-        assert result.returncode == 2 and message in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.pth", "out.pt", "r3d18.pth"]
+    broken = []
+    for name, content in (("empty.pth", b""), ("garbage.pth", b"hello world garbage")):
+        (tmp_path / name).write_bytes(content)
+        broken.append(mega3d("models", "import", str(tmp_path / name), "-o", str(tmp_path / f"{name}.pt")))
+    for result, message in (
+        (again, "already exists"),
+        (wrong, "missing ("),
+        *((b, "refused") for b in broken),
+    ):
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "internal error" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pth", "garbage.pth", "out.pt", "r3d18.pth"]
     json.dumps(load_checkpoint(str(output))["source"])  # plain data, readable without torch objects

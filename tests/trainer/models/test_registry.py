@@ -28,6 +28,19 @@ PARAMETERS = {
         152: 118_891_810,
         200: 128_100_642,
     },
+    # The reference's other families (where they construct), as counted by an independent re-implementation.
+    "preact-r3d": {
+        10: 14_757_628,
+        18: 33_562_108,
+        34: 63_871_740,
+        50: 47_629_308,
+        101: 86_675_452,
+        152: 118_834_172,
+        200: 128_033_788,
+    },
+    "wrn": {50: 158_953_532, 101: 297_173_052, 152: 411_004_988, 200: 443_543_612},
+    "resnext": {50: 27_390_524, 101: 49_046_076, 152: 66_884_156, 200: 71_995_964},
+    "densenet": {121: 12_004_028, 169: 19_752_124, 201: 26_719_420, 264: 42_172_092},
 }
 
 # Small widths keep every family's forward/backward quick; DenseNet needs 16 frames for its transitions.
