@@ -12,12 +12,15 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from trainer.spec import ExperimentSpec, SpecError, SyntheticSpec, load_spec, summary
+
+if TYPE_CHECKING:
+    from trainer.data.format import DatasetIndex
 
 app = typer.Typer(
     help="Train spatiotemporal 3D CNNs for video action recognition: on Kubeflow, or on this machine.",
@@ -47,6 +50,11 @@ class ShortcutType(StrEnum):
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 SpecPath = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_default=False)]
+
+
+# What storage and dataset code raise for bad input: DatasetError is a ValueError; ImportError means a URI
+# scheme whose filesystem is not installed.
+DATA_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, ImportError)
 
 
 def fail(lines: list[str], code: int = 2) -> NoReturn:
@@ -138,7 +146,7 @@ def run(
         if storage.exists(run_dir):
             fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
         missing = missing_inputs(experiment, str(spec))
-    except (OSError, ValueError, ImportError) as error:  # unknown protocol, unreachable or unreadable storage
+    except DATA_ERRORS as error:
         fail([f"{spec}: storage {experiment.storage}: {error}"])
     if missing:
         fail(missing)
@@ -193,18 +201,117 @@ def synth(
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
             bar = progress.add_task("synthesizing", total=params.classes * params.videos_per_class)
             index = synthesize(uri, params, lambda done, total: progress.update(bar, completed=done))
-    except (
-        DatasetError,
-        OSError,
-        ValueError,
-        ImportError,
-    ) as error:  # ImportError: an unknown fsspec protocol
+    except DATA_ERRORS as error:
         fail([str(error) if isinstance(error, DatasetError) else f"{uri!r}: {error}"])
     out.print(
         f"wrote {len(index.videos)} videos of {params.classes} classes to {uri}: "
         f"{', '.join(class_names(params))}",
         soft_wrap=True,
     )
+
+
+def load_dataset(uri: str) -> DatasetIndex:
+    from trainer.data.format import DatasetError, index_uri, load_index
+
+    try:
+        return load_index(index_uri(uri))
+    except DATA_ERRORS as error:
+        fail([str(error) if isinstance(error, DatasetError) else f"{uri!r}: {error}"])
+
+
+def save_dataset(uri: str, index: DatasetIndex) -> None:
+    """Write a new index; an existing dataset at `uri` is never replaced."""
+    from trainer import storage
+    from trainer.data.format import index_uri, save_index
+
+    try:
+        if storage.exists(index_uri(uri)):
+            fail([f"{uri}: a dataset already exists there; choose another -o"])
+        save_index(index_uri(uri), index)
+    except DATA_ERRORS as error:
+        fail([f"{uri!r}: {error}"])
+
+
+@data_app.command()
+def merge(
+    datasets: Annotated[
+        list[str], typer.Argument(help="Datasets to merge (paths or URIs).", show_default=False)
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the merged index.")],
+    name: Annotated[
+        list[str] | None, typer.Option(help="Name per dataset (class prefix); default: last path part.")
+    ] = None,
+) -> None:
+    """Concatenate label spaces into a new index over the existing shards (no video is copied)."""
+    from trainer.data.format import DatasetError
+    from trainer.data.format import merge as merge_indexes
+
+    names = name or [uri.rstrip("/").rsplit("/", 1)[-1] for uri in datasets]
+    if len(names) != len(datasets):
+        fail([f"--name given {len(names)} times for {len(datasets)} datasets"])
+    try:
+        merged = merge_indexes([(n, load_dataset(uri)) for n, uri in zip(names, datasets, strict=True)])
+    except DatasetError as error:
+        fail([f"{error}: pass --name for each dataset"])
+    for source, uri in zip(merged.sources, datasets, strict=True):
+        source["uri"] = uri
+    save_dataset(output, merged)
+    parts = " + ".join(f"{s['name']} {s['classes']}" for s in merged.sources)
+    out.print(
+        f"wrote {output}: {len(merged.classes)} classes ({parts}), {len(merged.videos)} videos",
+        soft_wrap=True,
+    )
+
+
+@data_app.command()
+def subset(
+    uri: Annotated[str, typer.Argument(help="The dataset to take a subset of.", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the subset's index.")],
+    categories: Annotated[float, typer.Option(help="Fraction of the categories to keep.")] = 1.0,
+    instances: Annotated[float, typer.Option(help="Fraction of each kept category's training videos.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same subset.")] = 0,
+) -> None:
+    """The paper's data-amount study: keep a fraction of categories, then of instances per category."""
+    from trainer.data.ops import subset as take_subset
+
+    try:
+        part = take_subset(load_dataset(uri), categories, instances, seed)
+    except DATA_ERRORS as error:
+        fail([str(error)])
+    part.sources[-1]["uri"] = uri
+    save_dataset(output, part)
+    out.print(
+        f"wrote {output}: {len(part.classes)} classes, {len(part.subset('training'))} training videos "
+        f"(of {uri})",
+        soft_wrap=True,
+    )
+
+
+@data_app.command()
+def stats(
+    uri: Annotated[str, typer.Argument(help="The dataset.", show_default=False)],
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw training videos per class into this PNG.")
+    ] = None,
+) -> None:
+    """Classes, videos, frames, hours, bytes, per-split counts, smallest and largest classes."""
+    from trainer.data.ops import plot_class_histogram
+    from trainer.data.ops import stats as dataset_stats
+
+    index = load_dataset(uri)
+    numbers = dataset_stats(index)
+    splits = ", ".join(f"{count} {split}" for split, count in numbers["splits"].items())
+    out.print(f"{uri}: {numbers['classes']} classes, {numbers['videos']} videos ({splits})", soft_wrap=True)
+    hours = numbers["hours"]
+    duration = f"{hours:,.1f} hours" if hours >= 1 else f"{hours * 60:.1f} minutes"
+    size = f"{numbers['bytes'] / 1e6:,.1f} MB in {numbers['shards']} shards"
+    out.print(f"  {numbers['frames']:,} frames, {duration}, {size}")
+    for label in ("smallest", "largest"):
+        listed = ", ".join(f"{name} ({count})" for count, name in numbers[label])
+        out.print(f"  {label} classes (training videos): {listed}", soft_wrap=True)
+    if plot is not None:
+        plot_class_histogram(index, str(plot))
+        out.print(f"  wrote {plot}")
 
 
 @models_app.command("list")

@@ -10,7 +10,7 @@ The index is written last, so a dataset without an index is incomplete and is ne
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,8 @@ INDEX_FILE = "index.json"
 SUBSETS = ("training", "validation", "testing")
 
 
-class DatasetError(Exception):
-    pass
+class DatasetError(ValueError):
+    """A dataset that is missing, malformed, or would be overwritten."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class VideoEntry:
     frames: int
     height: int
     width: int
+    fps: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class DatasetIndex:
     classes: list[str]
     shards: list[str]
     videos: list[VideoEntry]
+    # Where a merged or subset index came from, with its label mapping.
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def subset(self, name: str) -> list[VideoEntry]:
         return [video for video in self.videos if video.subset == name]
@@ -54,6 +57,7 @@ class DatasetIndex:
             "classes": self.classes,
             "shards": self.shards,
             "videos": [asdict(video) for video in self.videos],
+            "sources": self.sources,
         }
 
 
@@ -73,6 +77,7 @@ def load_index(uri: str) -> DatasetIndex:
         classes=list(data["classes"]),
         shards=[storage.resolve(base, shard) for shard in data["shards"]],
         videos=[VideoEntry(**video) for video in data["videos"]],
+        sources=list(data.get("sources", [])),
     )
 
 
@@ -94,12 +99,18 @@ def read_frames(index: DatasetIndex, video: VideoEntry, start: int, count: int) 
 
 
 def merge(parts: list[tuple[str, DatasetIndex]]) -> DatasetIndex:
-    """Concatenate label spaces (class names become `<dataset>/<class>`), sharing the shards."""
+    """Concatenate label spaces (class names become `<dataset>/<class>`), sharing the shards. Dataset names
+    must differ: they keep the video ids apart."""
+    names = [name for name, _ in parts]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"two datasets are named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
     classes: list[str] = []
     shards: list[str] = []
     videos: list[VideoEntry] = []
+    sources: list[dict[str, Any]] = []
     for name, index in parts:
         label_offset, shard_offset = len(classes), len(shards)
+        sources.append({"name": name, "classes": len(index.classes), "label_offset": label_offset})
         classes += [f"{name}/{label}" for label in index.classes]
         shards += index.shards
         videos += [
@@ -111,7 +122,7 @@ def merge(parts: list[tuple[str, DatasetIndex]]) -> DatasetIndex:
             )
             for video in index.videos
         ]
-    return DatasetIndex(classes=classes, shards=shards, videos=videos)
+    return DatasetIndex(classes=classes, shards=shards, videos=videos, sources=sources)
 
 
 class DatasetWriter:
