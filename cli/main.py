@@ -232,6 +232,52 @@ def save_dataset(uri: str, index: DatasetIndex) -> None:
         fail([f"{uri!r}: {error}"])
 
 
+class SourceFormat(StrEnum):
+    REFERENCE_JPG = "reference-jpg"
+
+
+@data_app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="Root of the source dataset.", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
+    annotations: Annotated[Path, typer.Option(help="The annotation file (the reference's JSON).")],
+    source_format: Annotated[
+        SourceFormat, typer.Option("--format", help="reference-jpg: <label>/<video>/image_%05d.jpg frames.")
+    ] = SourceFormat.REFERENCE_JPG,
+    short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
+    fps: Annotated[
+        float, typer.Option(min=0.1, help="Frame rate to record (frame folders carry none).")
+    ] = 30.0,
+) -> None:
+    """Convert an existing dataset into mega3d's format; unreadable videos are listed, not dropped."""
+    from rich.progress import Progress
+
+    from trainer.data.format import DatasetError
+    from trainer.data.ingest import ingest_reference_frames
+
+    try:
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
+            bar = progress.add_task("ingesting", total=None)
+            index, unlabelled = ingest_reference_frames(
+                source,
+                annotations,
+                output,
+                short_side,
+                fps,
+                lambda done, total: progress.update(bar, completed=done, total=total),
+            )
+    except DATA_ERRORS as error:
+        fail([str(error) if isinstance(error, DatasetError) else f"{output!r}: {error}"])
+    out.print(
+        f"wrote {len(index.videos)} videos of {len(index.classes)} classes to {output}"
+        + (f"; skipped {unlabelled} unlabelled" if unlabelled else ""),
+        soft_wrap=True,
+    )
+    if index.errors:
+        shown = "; ".join(f"{e['id']}: {e['error']}" for e in index.errors[:3])
+        out.print(f"{len(index.errors)} unreadable (listed in the index's errors): {shown}", soft_wrap=True)
+
+
 @data_app.command()
 def merge(
     datasets: Annotated[

@@ -47,6 +47,8 @@ class DatasetIndex:
     videos: list[VideoEntry]
     # Where a merged or subset index came from, with its label mapping.
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # Videos that could not be read when the dataset was made, as {"id", "error"}: reported, never dropped.
+    errors: list[dict[str, str]] = field(default_factory=list)
 
     def subset(self, name: str) -> list[VideoEntry]:
         return [video for video in self.videos if video.subset == name]
@@ -58,6 +60,7 @@ class DatasetIndex:
             "shards": self.shards,
             "videos": [asdict(video) for video in self.videos],
             "sources": self.sources,
+            "errors": self.errors,
         }
 
 
@@ -78,6 +81,7 @@ def load_index(uri: str) -> DatasetIndex:
         shards=[storage.resolve(base, shard) for shard in data["shards"]],
         videos=[VideoEntry(**video) for video in data["videos"]],
         sources=list(data.get("sources", [])),
+        errors=list(data.get("errors", [])),
     )
 
 
@@ -139,7 +143,7 @@ class DatasetWriter:
         self._pending: list[bytes] = []
         self._pending_size = 0
 
-    def add(self, video_id: str, label: int, subset: str, frames: np.ndarray) -> None:
+    def add(self, video_id: str, label: int, subset: str, frames: np.ndarray, fps: float = 25.0) -> None:
         if subset not in SUBSETS:
             raise DatasetError(f"subset must be one of {SUBSETS}, got {subset!r}")
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or 0 in frames.shape:
@@ -151,7 +155,9 @@ class DatasetWriter:
         payload = np.ascontiguousarray(frames).tobytes()
         t, h, w, _ = frames.shape
         self.videos.append(
-            VideoEntry(video_id, label, subset, len(self.shards), self._pending_size, len(payload), t, h, w)
+            VideoEntry(
+                video_id, label, subset, len(self.shards), self._pending_size, len(payload), t, h, w, fps
+            )
         )
         self._pending.append(payload)
         self._pending_size += len(payload)
@@ -166,8 +172,10 @@ class DatasetWriter:
         self.shards.append(name)
         self._pending, self._pending_size = [], 0
 
-    def close(self) -> DatasetIndex:
+    def close(self, errors: list[dict[str, str]] | None = None) -> DatasetIndex:
         self._flush()
-        index = DatasetIndex(classes=self.classes, shards=self.shards, videos=self.videos)
+        index = DatasetIndex(
+            classes=self.classes, shards=self.shards, videos=self.videos, errors=errors or []
+        )
         save_index(index_uri(self.dataset_uri), index)
         return index

@@ -1,0 +1,143 @@
+"""`mega3d data ingest`: the reference implementation's frame folders and annotation JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import mega3d
+from trainer.data.format import index_uri, load_index, read_frames
+
+
+def write_reference_dataset(root: Path) -> dict[str, np.ndarray]:
+    """Two labels; per video, frames image_00001.jpg ... as the reference's extraction script writes them."""
+    rng = np.random.default_rng(0)
+    decoded: dict[str, np.ndarray] = {}
+    database: dict[str, dict] = {}
+    for label, video_id, subset, frames in (
+        ("jump", "v_jump_1", "training", 5),
+        ("jump", "v_jump_2", "validation", 4),
+        ("run", "v_run_1", "training", 6),
+        ("run", "v_missing", "training", 3),
+        ("run", "v_corrupt", "training", 3),
+    ):
+        folder = root / "frames" / label / video_id
+        if video_id != "v_missing":
+            folder.mkdir(parents=True)
+        for number in range(1, frames + 1) if video_id != "v_missing" else ():
+            path = folder / f"image_{number:05d}.jpg"
+            Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path, quality=90)
+        if video_id == "v_corrupt":
+            (folder / "image_00002.jpg").write_bytes(b"not a jpeg")
+        if video_id in ("v_jump_1", "v_run_1"):
+            decoded[video_id] = np.stack(
+                [
+                    np.asarray(Image.open(folder / f"image_{n:05d}.jpg").convert("RGB"))
+                    for n in range(2, frames + 1)
+                ]
+            )
+        segment = [2, frames + 1] if video_id in ("v_jump_1", "v_run_1") else [1, frames + 1]
+        database[video_id] = {"subset": subset, "annotations": {"label": label, "segment": segment}}
+    database["v_test"] = {"subset": "testing", "annotations": {}}
+    (root / "ann.json").write_text(json.dumps({"labels": ["jump", "run"], "database": database}))
+    return decoded
+
+
+def test_reference_frame_folders_are_ingested_with_errors_listed(tmp_path: Path) -> None:
+    decoded = write_reference_dataset(tmp_path)
+    output = tmp_path / "ingested"
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "frames"),
+        "--annotations",
+        str(tmp_path / "ann.json"),
+        "-o",
+        str(output),
+        "--short-side",
+        "64",
+        "--fps",
+        "25",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 videos of 2 classes" in result.stdout and "skipped 1 unlabelled" in result.stdout
+    assert "2 unreadable (listed in the index's errors)" in result.stdout
+    index = load_index(index_uri(str(output)))
+    assert index.classes == ["jump", "run"]
+    assert sorted(e["id"] for e in index.errors) == ["v_corrupt", "v_missing"]
+    by_id = {video.id: video for video in index.videos}
+    assert (by_id["v_run_1"].label, by_id["v_jump_2"].subset, by_id["v_run_1"].fps) == (1, "validation", 25.0)
+    for video_id, frames in decoded.items():  # the segment [2, n+1) of each: frames 2..n, bit for bit
+        video = by_id[video_id]
+        np.testing.assert_array_equal(read_frames(index, video, 0, video.frames), frames)
+
+
+def test_frames_are_scaled_down_to_the_short_side(tmp_path: Path) -> None:
+    write_reference_dataset(tmp_path)
+    output = tmp_path / "small"
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "frames"),
+        "--annotations",
+        str(tmp_path / "ann.json"),
+        "-o",
+        str(output),
+        "--short-side",
+        "16",
+    )
+    assert result.returncode == 0, result.stderr
+    video = load_index(index_uri(str(output))).videos[0]
+    assert (video.height, video.width) == (16, 21)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda ann: ann["database"]["v_run_1"]["annotations"].update(label="swim"),
+            "database.v_run_1.annotations.label: 'swim' is not in labels",
+        ),
+        (
+            lambda ann: ann["database"]["v_run_1"].update(subset="train"),
+            "database.v_run_1.subset: 'train' is not one of training, validation, testing",
+        ),
+        (lambda ann: ann.pop("labels"), "expected {'labels': [...], 'database': {...}}"),
+    ],
+)
+def test_bad_annotations_are_one_line_errors_and_write_nothing(
+    tmp_path: Path, change: object, message: str
+) -> None:
+    write_reference_dataset(tmp_path)
+    annotations = json.loads((tmp_path / "ann.json").read_text())
+    change(annotations)  # type: ignore[operator]
+    (tmp_path / "ann.json").write_text(json.dumps(annotations))
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "frames"),
+        "--annotations",
+        str(tmp_path / "ann.json"),
+        "-o",
+        str(tmp_path / "never"),
+    )
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path),
+        "--annotations",
+        str(tmp_path / "nope.json"),
+        "-o",
+        str(tmp_path / "never"),
+    )
+    assert result.returncode == 2 and "nope.json: cannot read the annotation file" in result.stderr
