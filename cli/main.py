@@ -234,6 +234,7 @@ def save_dataset(uri: str, index: DatasetIndex) -> None:
 
 class SourceFormat(StrEnum):
     REFERENCE_JPG = "reference-jpg"
+    REFERENCE_HDF5 = "reference-hdf5"
 
 
 @data_app.command()
@@ -242,7 +243,11 @@ def ingest(
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
     annotations: Annotated[Path, typer.Option(help="The annotation file (the reference's JSON).")],
     source_format: Annotated[
-        SourceFormat, typer.Option("--format", help="reference-jpg: <label>/<video>/image_%05d.jpg frames.")
+        SourceFormat,
+        typer.Option(
+            "--format",
+            help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs).",
+        ),
     ] = SourceFormat.REFERENCE_JPG,
     short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
     fps: Annotated[
@@ -253,12 +258,13 @@ def ingest(
     from rich.progress import Progress
 
     from trainer.data.format import DatasetError
-    from trainer.data.ingest import ingest_reference_frames
+    from trainer.data.ingest import ingest_reference
 
     try:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
             bar = progress.add_task("ingesting", total=None)
-            index, unlabelled = ingest_reference_frames(
+            index, unlabelled = ingest_reference(
+                source_format.value,
                 source,
                 annotations,
                 output,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -141,3 +142,45 @@ def test_a_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
         str(tmp_path / "never"),
     )
     assert result.returncode == 2 and "nope.json: cannot read the annotation file" in result.stderr
+
+
+def test_reference_hdf5_files_are_ingested(tmp_path: Path) -> None:
+    """One .hdf5 per video, dataset `video` holding each frame's JPEG bytes (variable-length uint8)."""
+    import h5py
+
+    rng = np.random.default_rng(1)
+    database, expected = {}, {}
+    for label, video_id, frames in (("jump", "a", 4), ("run", "b", 5)):
+        encoded = []
+        for _ in range(frames):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (20, 28, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+            encoded.append(np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+        (tmp_path / "h5" / label).mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp_path / "h5" / label / f"{video_id}.hdf5", "w") as video_file:
+            dataset = video_file.create_dataset("video", (frames,), dtype=h5py.vlen_dtype(np.dtype("uint8")))
+            for i, jpeg in enumerate(encoded):
+                dataset[i] = jpeg
+        expected[video_id] = np.stack(
+            [np.asarray(Image.open(io.BytesIO(j.tobytes())).convert("RGB")) for j in encoded[1:frames]]
+        )
+        database[video_id] = {"subset": "training", "annotations": {"label": label, "segment": [1, frames]}}
+    database["c"] = {"subset": "training", "annotations": {"label": "run", "segment": [0, 2]}}  # no file
+    (tmp_path / "ann.json").write_text(json.dumps({"labels": ["jump", "run"], "database": database}))
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "h5"),
+        "--format",
+        "reference-hdf5",
+        "--annotations",
+        str(tmp_path / "ann.json"),
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 videos of 2 classes" in result.stdout and "1 unreadable" in result.stdout
+    index = load_index(index_uri(str(tmp_path / "out")))
+    for video in index.videos:  # segment [1, n): frames 1..n-1, numbered from 0 as the reference does
+        np.testing.assert_array_equal(read_frames(index, video, 0, video.frames), expected[video.id])
+    assert [e["id"] for e in index.errors] == ["c"]

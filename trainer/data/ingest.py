@@ -1,13 +1,15 @@
 """Bring existing datasets into mega3d's format (torch-free).
 
-Supported so far: the reference implementation's (3D-ResNets-PyTorch) frame folders,
-`root/<label>/<video_id>/image_%05d.jpg` numbered from 1, with its annotation JSON
-(`{"labels": [...], "database": {id: {"subset", "annotations": {"label", "segment": [begin, end)}}}}`).
+Supported so far: the reference implementation's (3D-ResNets-PyTorch) two layouts with its annotation JSON
+(`{"labels": [...], "database": {id: {"subset", "annotations": {"label", "segment": [begin, end)}}}}`):
+  reference-jpg   `root/<label>/<video_id>/image_%05d.jpg`, frames numbered from 1
+  reference-hdf5  `root/<label>/<video_id>.hdf5`, dataset `video` = one JPEG per frame, numbered from 0
 A video that cannot be read is listed in the index's `errors` and in the summary, never dropped silently.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,26 +59,48 @@ def read_reference_annotations(path: Path) -> tuple[list[str], list[AnnotatedVid
     return labels, videos, unlabelled
 
 
+def _decoded(jpeg: Image.Image | bytes, short_side: int) -> np.ndarray:
+    """One frame as (H, W, 3) uint8, scaled down so that the short side is at most `short_side`."""
+    with Image.open(io.BytesIO(jpeg)) if isinstance(jpeg, bytes) else jpeg as image:
+        rgb = image.convert("RGB")
+    scale = short_side / min(rgb.size)
+    if scale < 1:
+        rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.BILINEAR)
+    return np.asarray(rgb)
+
+
 def load_frame_folder(folder: Path, segment: tuple[int, int] | None, short_side: int) -> np.ndarray:
-    """A video's frames as (T, H, W, 3) uint8, scaled down so that the short side is at most `short_side`."""
+    """reference-jpg: a video's frames as (T, H, W, 3) uint8."""
     if segment is None:
         numbers = sorted(int(p.stem.removeprefix("image_")) for p in folder.glob("image_*.jpg"))
     else:
         numbers = list(range(*segment))
     if not numbers:
         raise DatasetError(f"no frames in {folder}")
-    frames = []
-    for number in numbers:
-        with Image.open(folder / f"image_{number:05d}.jpg") as image:
-            rgb = image.convert("RGB")
-        scale = short_side / min(rgb.size)
-        if scale < 1:
-            rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.Resampling.BILINEAR)
-        frames.append(np.asarray(rgb))
-    return np.stack(frames)
+    return np.stack([_decoded(Image.open(folder / f"image_{n:05d}.jpg"), short_side) for n in numbers])
 
 
-def ingest_reference_frames(
+def load_hdf5_video(path: Path, segment: tuple[int, int] | None, short_side: int) -> np.ndarray:
+    """reference-hdf5: a video's frames as (T, H, W, 3) uint8."""
+    import h5py
+
+    with h5py.File(path, "r") as video_file:
+        encoded = video_file["video"]
+        numbers = range(*segment) if segment is not None else range(len(encoded))
+        if not numbers:
+            raise DatasetError(f"no frames in {path}")
+        return np.stack([_decoded(bytes(encoded[n]), short_side) for n in numbers])
+
+
+# Where each layout keeps a video, and how to read it.
+LAYOUTS: dict[str, tuple[Callable[[Path, AnnotatedVideo], Path], Callable[..., np.ndarray]]] = {
+    "reference-jpg": (lambda root, video: root / video.label / video.id, load_frame_folder),
+    "reference-hdf5": (lambda root, video: root / video.label / f"{video.id}.hdf5", load_hdf5_video),
+}
+
+
+def ingest_reference(
+    layout: str,
     root: Path,
     annotations: Path,
     uri: str,
@@ -90,12 +114,13 @@ def ingest_reference_frames(
         raise DatasetError(f"{annotations}: no labelled videos")
     if not root.is_dir():
         raise DatasetError(f"{root}: no such directory")
+    where, load = LAYOUTS[layout]
     writer = DatasetWriter(uri, labels)
     errors: list[dict[str, str]] = []
     for done, video in enumerate(videos, 1):
         try:
-            frames = load_frame_folder(root / video.label / video.id, video.segment, short_side)
-        except (OSError, ValueError) as error:  # missing or corrupt frames
+            frames = load(where(root, video), video.segment, short_side)
+        except (OSError, ValueError, KeyError) as error:  # missing or corrupt frames (KeyError: no `video`)
             errors.append({"id": video.id, "error": str(error)})
         else:
             writer.add(video.id, labels.index(video.label), video.subset, frames, fps=fps)
