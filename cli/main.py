@@ -235,43 +235,48 @@ def save_dataset(uri: str, index: DatasetIndex) -> None:
 class SourceFormat(StrEnum):
     REFERENCE_JPG = "reference-jpg"
     REFERENCE_HDF5 = "reference-hdf5"
+    CSV = "csv"
 
 
 @data_app.command()
 def ingest(
     source: Annotated[Path, typer.Argument(help="Root of the source dataset.", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
-    annotations: Annotated[Path, typer.Option(help="The annotation file (the reference's JSON).")],
+    annotations: Annotated[
+        Path, typer.Option(help="The reference's annotation JSON, or for csv the list of videos.")
+    ],
     source_format: Annotated[
         SourceFormat,
         typer.Option(
             "--format",
-            help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs).",
+            help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs); "
+            "csv: video files listed as path,label[,split]",
         ),
     ] = SourceFormat.REFERENCE_JPG,
     short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
     fps: Annotated[
-        float, typer.Option(min=0.1, help="Frame rate to record (frame folders carry none).")
+        float, typer.Option(min=0.1, help="Frame rate to record for frames (video files carry their own).")
     ] = 30.0,
 ) -> None:
     """Convert an existing dataset into mega3d's format; unreadable videos are listed, not dropped."""
     from rich.progress import Progress
 
     from trainer.data.format import DatasetError
-    from trainer.data.ingest import ingest_reference
+    from trainer.data.ingest import ingest_reference, ingest_video_files
 
     try:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
             bar = progress.add_task("ingesting", total=None)
-            index, unlabelled = ingest_reference(
-                source_format.value,
-                source,
-                annotations,
-                output,
-                short_side,
-                fps,
-                lambda done, total: progress.update(bar, completed=done, total=total),
-            )
+
+            def advance(done: int, total: int) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            if source_format == SourceFormat.CSV:
+                index, unlabelled = ingest_video_files(source, annotations, output, short_side, advance), 0
+            else:
+                index, unlabelled = ingest_reference(
+                    source_format.value, source, annotations, output, short_side, fps, advance
+                )
     except DATA_ERRORS as error:
         fail([str(error) if isinstance(error, DatasetError) else f"{output!r}: {error}"])
     out.print(

