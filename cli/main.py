@@ -236,6 +236,8 @@ class SourceFormat(StrEnum):
     REFERENCE_JPG = "reference-jpg"
     REFERENCE_HDF5 = "reference-hdf5"
     CSV = "csv"
+    UCF101 = "ucf101"
+    HMDB51 = "hmdb51"
 
 
 @data_app.command()
@@ -243,14 +245,19 @@ def ingest(
     source: Annotated[Path, typer.Argument(help="Root of the source dataset.", show_default=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
     annotations: Annotated[
-        Path, typer.Option(help="The reference's annotation JSON, or for csv the list of videos.")
+        Path,
+        typer.Option(
+            help="The reference's annotation JSON; for csv the list of videos; for ucf101 and hmdb51 the "
+            "folder of split files."
+        ),
     ],
+    split: Annotated[int, typer.Option(min=1, max=3, help="ucf101 / hmdb51: which of the 3 splits.")] = 1,
     source_format: Annotated[
         SourceFormat,
         typer.Option(
             "--format",
             help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs); "
-            "csv: video files listed as path,label[,split]",
+            "csv: video files listed as path,label[,split]; ucf101 / hmdb51: their split lists",
         ),
     ] = SourceFormat.REFERENCE_JPG,
     short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
@@ -262,7 +269,19 @@ def ingest(
     from rich.progress import Progress
 
     from trainer.data.format import DatasetError
-    from trainer.data.ingest import ingest_reference, ingest_video_files
+    from trainer.data.ingest import (
+        ingest_reference,
+        ingest_video_files,
+        read_hmdb51,
+        read_ucf101,
+        read_video_list,
+    )
+
+    video_lists = {
+        SourceFormat.CSV: lambda: read_video_list(annotations),
+        SourceFormat.UCF101: lambda: read_ucf101(annotations, split),
+        SourceFormat.HMDB51: lambda: read_hmdb51(annotations, split),
+    }
 
     try:
         with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
@@ -271,8 +290,12 @@ def ingest(
             def advance(done: int, total: int) -> None:
                 progress.update(bar, completed=done, total=total)
 
-            if source_format == SourceFormat.CSV:
-                index, unlabelled = ingest_video_files(source, annotations, output, short_side, advance), 0
+            if source_format in video_lists:
+                labels, entries = video_lists[source_format]()
+                index, unlabelled = (
+                    ingest_video_files(source, labels, entries, output, short_side, advance),
+                    0,
+                )
             else:
                 index, unlabelled = ingest_reference(
                     source_format.value, source, annotations, output, short_side, fps, advance

