@@ -238,6 +238,8 @@ class SourceFormat(StrEnum):
     CSV = "csv"
     UCF101 = "ucf101"
     HMDB51 = "hmdb51"
+    KINETICS = "kinetics"
+    ACTIVITYNET = "activitynet"
 
 
 @data_app.command()
@@ -248,7 +250,7 @@ def ingest(
         Path,
         typer.Option(
             help="The reference's annotation JSON; for csv the list of videos; for ucf101 and hmdb51 the "
-            "folder of split files."
+            "folder of split files; for kinetics its CSV; for activitynet its JSON."
         ),
     ],
     split: Annotated[int, typer.Option(min=1, max=3, help="ucf101 / hmdb51: which of the 3 splits.")] = 1,
@@ -257,7 +259,8 @@ def ingest(
         typer.Option(
             "--format",
             help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs); "
-            "csv: video files listed as path,label[,split]; ucf101 / hmdb51: their split lists",
+            "csv: video files listed as path,label[,split]; ucf101 / hmdb51: their split lists; "
+            "kinetics: its CSV; activitynet: its JSON (segments become clips)",
         ),
     ] = SourceFormat.REFERENCE_JPG,
     short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
@@ -272,7 +275,9 @@ def ingest(
     from trainer.data.ingest import (
         ingest_reference,
         ingest_video_files,
+        read_activitynet,
         read_hmdb51,
+        read_kinetics,
         read_ucf101,
         read_video_list,
     )
@@ -281,6 +286,8 @@ def ingest(
         SourceFormat.CSV: lambda: read_video_list(annotations),
         SourceFormat.UCF101: lambda: read_ucf101(annotations, split),
         SourceFormat.HMDB51: lambda: read_hmdb51(annotations, split),
+        SourceFormat.KINETICS: lambda: read_kinetics(source, annotations),
+        SourceFormat.ACTIVITYNET: lambda: read_activitynet(source, annotations),
     }
 
     try:

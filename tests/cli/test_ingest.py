@@ -345,3 +345,67 @@ def test_hmdb51_split_files(tmp_path: Path) -> None:
         str(tmp_path / "never"),
     )
     assert missing.returncode == 2 and "no *_test_split3.txt files" in missing.stderr
+
+
+def test_kinetics_csv_with_the_download_scripts_file_names(tmp_path: Path) -> None:
+    link_videos(tmp_path / "k700", ["abseiling/abc123_000010_000020.mp4", "zumba/xyz789_000000_000010.mp4"])
+    (tmp_path / "k700.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\n"
+        "abseiling,abc123,10,20,train\nzumba,xyz789,0,10,val\nzumba,gone42,5,15,train\n"
+    )
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "k700"),
+        "--format",
+        "kinetics",
+        "--annotations",
+        str(tmp_path / "k700.csv"),
+        "-o",
+        str(tmp_path / "out"),
+        "--short-side",
+        "32",
+    )
+    assert result.returncode == 0, result.stderr
+    index = load_index(index_uri(str(tmp_path / "out")))
+    assert index.classes == ["abseiling", "zumba"]
+    assert [(v.id, v.label, v.subset) for v in index.videos] == [
+        ("abc123_000010_000020", 0, "training"),
+        ("xyz789_000000_000010", 1, "validation"),
+    ]
+    assert [e["id"] for e in index.errors] == ["gone42_000005_000015"]
+
+
+def test_activitynet_segments_become_trimmed_clips(tmp_path: Path) -> None:
+    link_videos(tmp_path / "anet", ["v_vid1.mp4"])  # 120 frames at 29.97 fps: 4 s
+    database = {
+        "vid1": {
+            "subset": "training",
+            "annotations": [
+                {"label": "Talking", "segment": [0.0, 1.0]},
+                {"label": "Waving", "segment": [2.0, 3.5]},
+            ],
+        },
+        "vid2": {"subset": "testing", "annotations": []},
+    }
+    (tmp_path / "anet.json").write_text(json.dumps({"version": "1.3", "database": database}))
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "anet"),
+        "--format",
+        "activitynet",
+        "--annotations",
+        str(tmp_path / "anet.json"),
+        "-o",
+        str(tmp_path / "out"),
+        "--short-side",
+        "32",
+    )
+    assert result.returncode == 0, result.stderr
+    index = load_index(index_uri(str(tmp_path / "out")))
+    assert index.classes == ["Talking", "Waving"]
+    clips = {v.id: v for v in index.videos}
+    assert sorted(clips) == ["vid1_0", "vid1_1"]
+    assert clips["vid1_0"].frames == 30 and clips["vid1_1"].frames == 45  # 1 s and 1.5 s at 29.97 fps
+    assert clips["vid1_1"].label == 1

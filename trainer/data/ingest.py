@@ -8,6 +8,8 @@ and raw videos (mp4, avi, webm, mkv; decoded with PyAV) listed by
   csv             `path,label[,split]` lines, paths relative to the source root
   ucf101          `classInd.txt`, `trainlistNN.txt` and `testlistNN.txt` (test videos become validation)
   hmdb51          `<action>_test_splitN.txt` files: 1 training, 2 validation, 0 unused
+  kinetics        a CSV of label, youtube_id, time_start, time_end[, split] (train / val / test)
+  activitynet     its JSON: each annotated segment becomes a trimmed clip
 A video that cannot be read is listed in the index's `errors` and in the summary, never dropped silently.
 """
 
@@ -134,20 +136,40 @@ def ingest_reference(
     return writer.close(errors), unlabelled
 
 
-def load_video_file(path: Path, short_side: int) -> tuple[np.ndarray, float]:
-    """Every frame of a video file as (T, H, W, 3) uint8, and its frame rate."""
+def load_video_file(
+    path: Path, short_side: int, seconds: tuple[float, float] | None = None
+) -> tuple[np.ndarray, float]:
+    """The frames of a video file (those shown within `seconds` [start, end) if given) as (T, H, W, 3) uint8,
+    and its frame rate."""
     import av
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
-        frames = [_decoded(frame.to_image(), short_side) for frame in container.decode(stream)]
+        frames = [
+            _decoded(frame.to_image(), short_side)
+            for frame in container.decode(stream)
+            if seconds is None or (frame.time is not None and seconds[0] <= frame.time < seconds[1])
+        ]
     if not frames:
-        raise DatasetError(f"no frames in {path}")
+        raise DatasetError(
+            f"no frames in {path}" + (f" within {seconds[0]}-{seconds[1]} s" if seconds else "")
+        )
     return np.stack(frames), fps
 
 
-def read_video_list(path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
+@dataclass(frozen=True)
+class ListedVideo:
+    """A video (or a trimmed part of one) named by a dataset's own lists."""
+
+    id: str
+    path: str  # under the source root
+    label: str
+    split: str
+    seconds: tuple[float, float] | None = None
+
+
+def read_video_list(path: Path) -> tuple[list[str], list[ListedVideo]]:
     """(sorted labels, [(path, label, split)]) from a CSV of `path,label[,split]`; a header line may lead."""
     try:
         rows = list(csv.reader(path.read_text().splitlines()))
@@ -162,10 +184,10 @@ def read_video_list(path: Path) -> tuple[list[str], list[tuple[str, str, str]]]:
         split = row[2] if len(row) == 3 else "training"
         if split not in SUBSETS:
             raise DatasetError(f"{path}: line {number}: split {split!r} is not one of {', '.join(SUBSETS)}")
-        entries.append((row[0], row[1], split))
+        entries.append(ListedVideo(row[0], row[0], row[1], split))
     if not entries:
         raise DatasetError(f"{path}: no videos listed")
-    return sorted({label for _, label, _ in entries}), entries
+    return sorted({entry.label for entry in entries}), entries
 
 
 def _lines(path: Path) -> list[list[str]]:
@@ -175,7 +197,7 @@ def _lines(path: Path) -> list[list[str]]:
         raise DatasetError(f"{path}: cannot read ({error})") from None
 
 
-def read_ucf101(lists: Path, split: int) -> tuple[list[str], list[tuple[str, str, str]]]:
+def read_ucf101(lists: Path, split: int) -> tuple[list[str], list[ListedVideo]]:
     """UCF-101's own split lists; labels in classInd.txt order."""
     labels = [name for _, name in _lines(lists / "classInd.txt")]
     entries = []
@@ -187,11 +209,11 @@ def read_ucf101(lists: Path, split: int) -> tuple[list[str], list[tuple[str, str
             label = fields[0].split("/")[0]
             if label not in labels:
                 raise DatasetError(f"{lists / name}: {fields[0]}: class {label!r} is not in classInd.txt")
-            entries.append((fields[0], label, subset))
+            entries.append(ListedVideo(fields[0], fields[0], label, subset))
     return labels, entries
 
 
-def read_hmdb51(splits: Path, split: int) -> tuple[list[str], list[tuple[str, str, str]]]:
+def read_hmdb51(splits: Path, split: int) -> tuple[list[str], list[ListedVideo]]:
     """HMDB-51's `<action>_test_split<N>.txt` files; videos at `<action>/<video>`; labels sorted by name."""
     files = sorted(splits.glob(f"*_test_split{split}.txt"))
     if not files:
@@ -203,30 +225,86 @@ def read_hmdb51(splits: Path, split: int) -> tuple[list[str], list[tuple[str, st
             if use not in ("0", "1", "2"):
                 raise DatasetError(f"{path}: {video}: {use!r} is not 0 (unused), 1 (training) or 2 (testing)")
             if use != "0":
-                entries.append((f"{label}/{video}", label, "training" if use == "1" else "validation"))
+                subset = "training" if use == "1" else "validation"
+                entries.append(ListedVideo(f"{label}/{video}", f"{label}/{video}", label, subset))
     return labels, entries
+
+
+KINETICS_SPLITS = {"train": "training", "val": "validation", "validate": "validation", "test": "testing"}
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi")
+
+
+def _find_video(root: Path, candidates: list[str]) -> str:
+    """The first candidate (a path without suffix) found with a video suffix; else the first, as .mp4."""
+    for candidate in candidates:
+        for suffix in VIDEO_SUFFIXES:
+            if (root / f"{candidate}{suffix}").exists():
+                return f"{candidate}{suffix}"
+    return f"{candidates[0]}.mp4"
+
+
+def read_kinetics(root: Path, path: Path) -> tuple[list[str], list[ListedVideo]]:
+    """A Kinetics CSV (label, youtube_id, time_start, time_end[, split]); files named as the usual download
+    scripts save them: `[<label>/]<youtube_id>_<start:06d>_<end:06d>.<mp4|webm|mkv>`, already trimmed."""
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read ({error})") from None
+    required = {"label", "youtube_id", "time_start", "time_end"}
+    if not rows or not required <= set(rows[0]):
+        raise DatasetError(f"{path}: expected a header with {', '.join(sorted(required))}[, split]")
+    entries = []
+    for number, row in enumerate(rows, 2):
+        split = KINETICS_SPLITS.get(row.get("split") or "train")
+        if split is None:
+            raise DatasetError(f"{path}: line {number}: split {row['split']!r} is not train, val or test")
+        name = f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+        found = _find_video(root, [f"{row['label']}/{name}", name])
+        entries.append(ListedVideo(name, found, row["label"], split))
+    return sorted({entry.label for entry in entries}), entries
+
+
+def read_activitynet(root: Path, path: Path) -> tuple[list[str], list[ListedVideo]]:
+    """An ActivityNet JSON: every annotated segment becomes a trimmed clip `<video id>_<n>` of the video file
+    `v_<id>` (or `<id>`); unannotated (testing) videos are skipped."""
+    try:
+        database = json.loads(path.read_text())["database"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DatasetError(f"{path}: expected an ActivityNet JSON with a database ({error})") from None
+    entries = []
+    for video_id, entry in database.items():
+        subset = entry.get("subset")
+        if subset not in SUBSETS:
+            raise DatasetError(
+                f"{path}: database.{video_id}.subset: {subset!r} is not one of {', '.join(SUBSETS)}"
+            )
+        found = _find_video(root, [f"v_{video_id}", video_id])
+        for n, annotation in enumerate(entry.get("annotations") or []):
+            begin, end = (float(t) for t in annotation["segment"])
+            entries.append(ListedVideo(f"{video_id}_{n}", found, annotation["label"], subset, (begin, end)))
+    return sorted({entry.label for entry in entries}), entries
 
 
 def ingest_video_files(
     root: Path,
     labels: list[str],
-    entries: list[tuple[str, str, str]],
+    entries: list[ListedVideo],
     uri: str,
     short_side: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> DatasetIndex:
-    """Decode and write the listed (path under root, label, split) videos."""
+    """Decode and write the listed videos."""
     if not entries:
         raise DatasetError(f"{root}: no videos listed")
     writer = DatasetWriter(uri, labels)
     errors: list[dict[str, str]] = []
-    for done, (relative, label, split) in enumerate(entries, 1):
+    for done, entry in enumerate(entries, 1):
         try:
-            frames, fps = load_video_file(root / relative, short_side)
+            frames, fps = load_video_file(root / entry.path, short_side, entry.seconds)
         except (OSError, ValueError, IndexError) as error:  # missing, undecodable, or without a video stream
-            errors.append({"id": relative, "error": str(error) or type(error).__name__})
+            errors.append({"id": entry.id, "error": str(error) or type(error).__name__})
         else:
-            writer.add(relative, labels.index(label), split, frames, fps=fps)
+            writer.add(entry.id, labels.index(entry.label), entry.split, frames, fps=fps)
         if progress is not None:
             progress(done, len(entries))
     return writer.close(errors)
