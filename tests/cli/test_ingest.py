@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,24 @@ from PIL import Image
 
 from tests.conftest import mega3d
 from trainer.data.format import index_uri, load_index, read_frames
+
+
+def ingest(
+    root: str | Path, source_format: str, annotations: str | Path, output: str | Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """`mega3d data ingest ROOT --format F --annotations A -o OUTPUT [options]`, as a user runs it."""
+    return mega3d(
+        "data",
+        "ingest",
+        str(root),
+        "--format",
+        source_format,
+        "--annotations",
+        str(annotations),
+        "-o",
+        str(output),
+        *options,
+    )
 
 
 def write_reference_dataset(root: Path) -> dict[str, np.ndarray]:
@@ -52,13 +71,10 @@ def write_reference_dataset(root: Path) -> dict[str, np.ndarray]:
 def test_reference_frame_folders_are_ingested_with_errors_listed(tmp_path: Path) -> None:
     decoded = write_reference_dataset(tmp_path)
     output = tmp_path / "ingested"
-    result = mega3d(
-        "data",
-        "ingest",
+    result = ingest(
         str(tmp_path / "frames"),
-        "--annotations",
+        "reference-jpg",
         str(tmp_path / "ann.json"),
-        "-o",
         str(output),
         "--short-side",
         "64",
@@ -81,13 +97,10 @@ def test_reference_frame_folders_are_ingested_with_errors_listed(tmp_path: Path)
 def test_frames_are_scaled_down_to_the_short_side(tmp_path: Path) -> None:
     write_reference_dataset(tmp_path)
     output = tmp_path / "small"
-    result = mega3d(
-        "data",
-        "ingest",
+    result = ingest(
         str(tmp_path / "frames"),
-        "--annotations",
+        "reference-jpg",
         str(tmp_path / "ann.json"),
-        "-o",
         str(output),
         "--short-side",
         "16",
@@ -118,14 +131,8 @@ def test_bad_annotations_are_one_line_errors_and_write_nothing(
     annotations = json.loads((tmp_path / "ann.json").read_text())
     change(annotations)  # type: ignore[operator]
     (tmp_path / "ann.json").write_text(json.dumps(annotations))
-    result = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "frames"),
-        "--annotations",
-        str(tmp_path / "ann.json"),
-        "-o",
-        str(tmp_path / "never"),
+    result = ingest(
+        str(tmp_path / "frames"), "reference-jpg", str(tmp_path / "ann.json"), str(tmp_path / "never")
     )
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -133,15 +140,7 @@ def test_bad_annotations_are_one_line_errors_and_write_nothing(
 
 
 def test_a_missing_annotation_file_is_a_clear_error(tmp_path: Path) -> None:
-    result = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path),
-        "--annotations",
-        str(tmp_path / "nope.json"),
-        "-o",
-        str(tmp_path / "never"),
-    )
+    result = ingest(str(tmp_path), "reference-jpg", str(tmp_path / "nope.json"), str(tmp_path / "never"))
     assert result.returncode == 2 and "nope.json: cannot read the annotation file" in result.stderr
 
 
@@ -168,17 +167,7 @@ def test_reference_hdf5_files_are_ingested(tmp_path: Path) -> None:
         database[video_id] = {"subset": "training", "annotations": {"label": label, "segment": [1, frames]}}
     database["c"] = {"subset": "training", "annotations": {"label": "run", "segment": [0, 2]}}  # no file
     (tmp_path / "ann.json").write_text(json.dumps({"labels": ["jump", "run"], "database": database}))
-    result = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "h5"),
-        "--format",
-        "reference-hdf5",
-        "--annotations",
-        str(tmp_path / "ann.json"),
-        "-o",
-        str(tmp_path / "out"),
-    )
+    result = ingest(str(tmp_path / "h5"), "reference-hdf5", str(tmp_path / "ann.json"), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "wrote 2 videos of 2 classes" in result.stdout and "1 unreadable" in result.stdout
     index = load_index(index_uri(str(tmp_path / "out")))
@@ -199,15 +188,10 @@ def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
     (tmp_path / "list.csv").write_text(
         "path,label\ncarphone_pristine.mp4,talking\nbikes.mp4,cycling,validation\nbroken.mp4,cycling\n"
     )
-    result = mega3d(
-        "data",
-        "ingest",
+    result = ingest(
         str(tmp_path / "videos"),
-        "--format",
         "csv",
-        "--annotations",
         str(tmp_path / "list.csv"),
-        "-o",
         str(tmp_path / "out"),
         "--short-side",
         "64",
@@ -224,17 +208,7 @@ def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.csv"
     bad.write_text("bikes.mp4,cycling,train\n")
-    rejected = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "videos"),
-        "--format",
-        "csv",
-        "--annotations",
-        str(bad),
-        "-o",
-        str(tmp_path / "never"),
-    )
+    rejected = ingest(str(tmp_path / "videos"), "csv", str(bad), str(tmp_path / "never"))
     assert rejected.returncode == 2 and "line 1: split 'train' is not one of" in rejected.stderr
     assert not (tmp_path / "never").exists()
 
@@ -263,18 +237,8 @@ def test_ucf101_split_lists(tmp_path: Path) -> None:
     (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n")
     (lists / "trainlist01.txt").write_text(f"{videos[0]} 1\n{videos[1]} 2\n")
     (lists / "testlist01.txt").write_text(f"{videos[2]}\n")
-    result = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "UCF-101"),
-        "--format",
-        "ucf101",
-        "--annotations",
-        str(lists),
-        "-o",
-        str(tmp_path / "ucf"),
-        "--short-side",
-        "32",
+    result = ingest(
+        str(tmp_path / "UCF-101"), "ucf101", str(lists), str(tmp_path / "ucf"), "--short-side", "32"
     )
     assert result.returncode == 0, result.stderr
     index = load_index(index_uri(str(tmp_path / "ucf")))
@@ -286,17 +250,7 @@ def test_ucf101_split_lists(tmp_path: Path) -> None:
     ]
 
     (lists / "testlist01.txt").write_text("Surfing/v_Surfing_g01_c01.avi\n")
-    bad = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "UCF-101"),
-        "--format",
-        "ucf101",
-        "--annotations",
-        str(lists),
-        "-o",
-        str(tmp_path / "never"),
-    )
+    bad = ingest(str(tmp_path / "UCF-101"), "ucf101", str(lists), str(tmp_path / "never"))
     assert bad.returncode == 2 and "class 'Surfing' is not in classInd.txt" in bad.stderr
     assert not (tmp_path / "never").exists()
 
@@ -310,18 +264,8 @@ def test_hmdb51_split_files(tmp_path: Path) -> None:
     (splits / "brush_hair_test_split1.txt").write_text("a.avi 1\nb.avi 2\n")
     (splits / "cartwheel_test_split1.txt").write_text("c.avi 1\nd.avi 0\n")
     (splits / "cartwheel_test_split2.txt").write_text("c.avi 2\nd.avi 1\n")
-    result = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "hmdb51"),
-        "--format",
-        "hmdb51",
-        "--annotations",
-        str(splits),
-        "-o",
-        str(tmp_path / "hmdb"),
-        "--short-side",
-        "32",
+    result = ingest(
+        str(tmp_path / "hmdb51"), "hmdb51", str(splits), str(tmp_path / "hmdb"), "--short-side", "32"
     )
     assert result.returncode == 0, result.stderr
     index = load_index(index_uri(str(tmp_path / "hmdb")))
@@ -331,19 +275,7 @@ def test_hmdb51_split_files(tmp_path: Path) -> None:
         ("brush_hair/b.avi", 0, "validation"),
         ("cartwheel/c.avi", 1, "training"),
     ]
-    missing = mega3d(
-        "data",
-        "ingest",
-        str(tmp_path / "hmdb51"),
-        "--format",
-        "hmdb51",
-        "--split",
-        "3",
-        "--annotations",
-        str(splits),
-        "-o",
-        str(tmp_path / "never"),
-    )
+    missing = ingest(str(tmp_path / "hmdb51"), "hmdb51", str(splits), str(tmp_path / "never"), "--split", "3")
     assert missing.returncode == 2 and "no *_test_split3.txt files" in missing.stderr
 
 
@@ -353,15 +285,10 @@ def test_kinetics_csv_with_the_download_scripts_file_names(tmp_path: Path) -> No
         "label,youtube_id,time_start,time_end,split\n"
         "abseiling,abc123,10,20,train\nzumba,xyz789,0,10,val\nzumba,gone42,5,15,train\n"
     )
-    result = mega3d(
-        "data",
-        "ingest",
+    result = ingest(
         str(tmp_path / "k700"),
-        "--format",
         "kinetics",
-        "--annotations",
         str(tmp_path / "k700.csv"),
-        "-o",
         str(tmp_path / "out"),
         "--short-side",
         "32",
@@ -389,15 +316,10 @@ def test_activitynet_segments_become_trimmed_clips(tmp_path: Path) -> None:
         "vid2": {"subset": "testing", "annotations": []},
     }
     (tmp_path / "anet.json").write_text(json.dumps({"version": "1.3", "database": database}))
-    result = mega3d(
-        "data",
-        "ingest",
+    result = ingest(
         str(tmp_path / "anet"),
-        "--format",
         "activitynet",
-        "--annotations",
         str(tmp_path / "anet.json"),
-        "-o",
         str(tmp_path / "out"),
         "--short-side",
         "32",
