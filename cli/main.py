@@ -12,15 +12,13 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from trainer.spec import ExperimentSpec, SpecError, SyntheticSpec, load_spec, summary
-
-if TYPE_CHECKING:
-    from trainer.data.format import DatasetIndex
+from cli.console import DATA_ERRORS, fail, out
+from cli.data import data_app
+from trainer.spec import ExperimentSpec, SpecError, load_spec, summary
 
 app = typer.Typer(
     help="Train spatiotemporal 3D CNNs for video action recognition: on Kubeflow, or on this machine.",
@@ -28,19 +26,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 models_app = typer.Typer(
     help="The model zoo: list architectures, import reference checkpoints.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
-
-out = Console(highlight=False)
-if not out.is_terminal:
-    out.width = 120  # logs and CI: room for the results table
-err = Console(stderr=True, highlight=False)
-
-_SYNTH = {name: field.default for name, field in SyntheticSpec.model_fields.items()}
 
 
 class ShortcutType(StrEnum):
@@ -50,17 +40,6 @@ class ShortcutType(StrEnum):
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 SpecPath = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_default=False)]
-
-
-# What storage and dataset code raise for bad input: DatasetError is a ValueError; ImportError means a URI
-# scheme whose filesystem is not installed.
-DATA_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, ImportError)
-
-
-def fail(lines: list[str], code: int = 2) -> NoReturn:
-    for line in lines:
-        err.print(f"[red]error:[/red] {line}", soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def read_spec(path: Path) -> ExperimentSpec:
@@ -161,244 +140,6 @@ def run(
 
     out.print(results_table(experiment, run_dir))
     out.print(f"finished in {time.monotonic() - started:.0f}s; files under {run_dir}", soft_wrap=True)
-
-
-@data_app.command()
-def synth(
-    uri: Annotated[
-        str, typer.Argument(help="Where to write the dataset (path or fsspec URI).", show_default=False)
-    ],
-    classes: Annotated[int, typer.Option(help="Number of classes (motion directions).")] = _SYNTH["classes"],
-    videos_per_class: Annotated[
-        int, typer.Option(help="Videos per class (a quarter are validation).")
-    ] = _SYNTH["videos_per_class"],
-    frames: Annotated[int, typer.Option(help="Frames per video.")] = _SYNTH["frames"],
-    size: Annotated[int, typer.Option(help="Frame height and width in pixels.")] = _SYNTH["size"],
-    speed: Annotated[float, typer.Option(help="Pixels per frame.")] = _SYNTH["speed"],
-    rotation: Annotated[float, typer.Option(help="Direction of class 0 in degrees.")] = _SYNTH["rotation"],
-    seed: Annotated[int, typer.Option(help="Random seed.")] = _SYNTH["seed"],
-) -> None:
-    """Write a synthetic video dataset whose classes differ only in motion."""
-    from pydantic import ValidationError
-    from rich.progress import Progress
-
-    from trainer.data.format import DatasetError
-    from trainer.data.synth import class_names, synthesize
-
-    try:
-        params = SyntheticSpec(
-            classes=classes,
-            videos_per_class=videos_per_class,
-            frames=frames,
-            size=size,
-            speed=speed,
-            rotation=rotation,
-            seed=seed,
-        )
-    except ValidationError as error:
-        fail([f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in error.errors(include_url=False)])
-    try:
-        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
-            bar = progress.add_task("synthesizing", total=params.classes * params.videos_per_class)
-            index = synthesize(uri, params, lambda done, total: progress.update(bar, completed=done))
-    except DATA_ERRORS as error:
-        fail([str(error) if isinstance(error, DatasetError) else f"{uri!r}: {error}"])
-    out.print(
-        f"wrote {len(index.videos)} videos of {params.classes} classes to {uri}: "
-        f"{', '.join(class_names(params))}",
-        soft_wrap=True,
-    )
-
-
-def load_dataset(uri: str) -> DatasetIndex:
-    from trainer.data.format import DatasetError, index_uri, load_index
-
-    try:
-        return load_index(index_uri(uri))
-    except DATA_ERRORS as error:
-        fail([str(error) if isinstance(error, DatasetError) else f"{uri!r}: {error}"])
-
-
-def save_dataset(uri: str, index: DatasetIndex) -> None:
-    """Write a new index; an existing dataset at `uri` is never replaced."""
-    from trainer import storage
-    from trainer.data.format import index_uri, save_index
-
-    try:
-        if storage.exists(index_uri(uri)):
-            fail([f"{uri}: a dataset already exists there; choose another -o"])
-        save_index(index_uri(uri), index)
-    except DATA_ERRORS as error:
-        fail([f"{uri!r}: {error}"])
-
-
-class SourceFormat(StrEnum):
-    REFERENCE_JPG = "reference-jpg"
-    REFERENCE_HDF5 = "reference-hdf5"
-    CSV = "csv"
-    UCF101 = "ucf101"
-    HMDB51 = "hmdb51"
-    KINETICS = "kinetics"
-    ACTIVITYNET = "activitynet"
-
-
-@data_app.command()
-def ingest(
-    source: Annotated[Path, typer.Argument(help="Root of the source dataset.", show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
-    annotations: Annotated[
-        Path,
-        typer.Option(
-            help="The reference's annotation JSON; for csv the list of videos; for ucf101 and hmdb51 the "
-            "folder of split files; for kinetics its CSV; for activitynet its JSON."
-        ),
-    ],
-    split: Annotated[int, typer.Option(min=1, max=3, help="ucf101 / hmdb51: which of the 3 splits.")] = 1,
-    source_format: Annotated[
-        SourceFormat,
-        typer.Option(
-            "--format",
-            help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs); "
-            "csv: video files listed as path,label[,split]; ucf101 / hmdb51: their split lists; "
-            "kinetics: its CSV; activitynet: its JSON (segments become clips)",
-        ),
-    ] = SourceFormat.REFERENCE_JPG,
-    short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
-    fps: Annotated[
-        float, typer.Option(min=0.1, help="Frame rate to record for frames (video files carry their own).")
-    ] = 30.0,
-) -> None:
-    """Convert an existing dataset into mega3d's format; unreadable videos are listed, not dropped."""
-    from rich.progress import Progress
-
-    from trainer.data.format import DatasetError
-    from trainer.data.ingest import (
-        ingest_reference,
-        ingest_video_files,
-        read_activitynet,
-        read_hmdb51,
-        read_kinetics,
-        read_ucf101,
-        read_video_list,
-    )
-
-    video_lists = {
-        SourceFormat.CSV: lambda: read_video_list(annotations),
-        SourceFormat.UCF101: lambda: read_ucf101(annotations, split),
-        SourceFormat.HMDB51: lambda: read_hmdb51(annotations, split),
-        SourceFormat.KINETICS: lambda: read_kinetics(source, annotations),
-        SourceFormat.ACTIVITYNET: lambda: read_activitynet(source, annotations),
-    }
-
-    try:
-        with Progress(console=err, transient=True, disable=not err.is_terminal) as progress:
-            bar = progress.add_task("ingesting", total=None)
-
-            def advance(done: int, total: int) -> None:
-                progress.update(bar, completed=done, total=total)
-
-            if source_format in video_lists:
-                labels, entries = video_lists[source_format]()
-                index, unlabelled = (
-                    ingest_video_files(source, labels, entries, output, short_side, advance),
-                    0,
-                )
-            else:
-                index, unlabelled = ingest_reference(
-                    source_format.value, source, annotations, output, short_side, fps, advance
-                )
-    except DATA_ERRORS as error:
-        fail([str(error) if isinstance(error, DatasetError) else f"{output!r}: {error}"])
-    out.print(
-        f"wrote {len(index.videos)} videos of {len(index.classes)} classes to {output}"
-        + (f"; skipped {unlabelled} unlabelled" if unlabelled else ""),
-        soft_wrap=True,
-    )
-    if index.errors:
-        shown = "; ".join(f"{e['id']}: {e['error']}" for e in index.errors[:3])
-        out.print(f"{len(index.errors)} unreadable (listed in the index's errors): {shown}", soft_wrap=True)
-
-
-@data_app.command()
-def merge(
-    datasets: Annotated[
-        list[str], typer.Argument(help="Datasets to merge (paths or URIs).", show_default=False)
-    ],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the merged index.")],
-    name: Annotated[
-        list[str] | None, typer.Option(help="Name per dataset (class prefix); default: last path part.")
-    ] = None,
-) -> None:
-    """Concatenate label spaces into a new index over the existing shards (no video is copied)."""
-    from trainer.data.format import DatasetError
-    from trainer.data.format import merge as merge_indexes
-
-    names = name or [uri.rstrip("/").rsplit("/", 1)[-1] for uri in datasets]
-    if len(names) != len(datasets):
-        fail([f"--name given {len(names)} times for {len(datasets)} datasets"])
-    try:
-        merged = merge_indexes([(n, load_dataset(uri)) for n, uri in zip(names, datasets, strict=True)])
-    except DatasetError as error:
-        fail([f"{error}: pass --name for each dataset"])
-    for source, uri in zip(merged.sources, datasets, strict=True):
-        source["uri"] = uri
-    save_dataset(output, merged)
-    parts = " + ".join(f"{s['name']} {s['classes']}" for s in merged.sources)
-    out.print(
-        f"wrote {output}: {len(merged.classes)} classes ({parts}), {len(merged.videos)} videos",
-        soft_wrap=True,
-    )
-
-
-@data_app.command()
-def subset(
-    uri: Annotated[str, typer.Argument(help="The dataset to take a subset of.", show_default=False)],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the subset's index.")],
-    categories: Annotated[float, typer.Option(help="Fraction of the categories to keep.")] = 1.0,
-    instances: Annotated[float, typer.Option(help="Fraction of each kept category's training videos.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same subset.")] = 0,
-) -> None:
-    """The paper's data-amount study: keep a fraction of categories, then of instances per category."""
-    from trainer.data.ops import subset as take_subset
-
-    try:
-        part = take_subset(load_dataset(uri), categories, instances, seed)
-    except DATA_ERRORS as error:
-        fail([str(error)])
-    part.sources[-1]["uri"] = uri
-    save_dataset(output, part)
-    out.print(
-        f"wrote {output}: {len(part.classes)} classes, {len(part.subset('training'))} training videos "
-        f"(of {uri})",
-        soft_wrap=True,
-    )
-
-
-@data_app.command()
-def stats(
-    uri: Annotated[str, typer.Argument(help="The dataset.", show_default=False)],
-    plot: Annotated[
-        Path | None, typer.Option(help="Also draw training videos per class into this PNG.")
-    ] = None,
-) -> None:
-    """Classes, videos, frames, hours, bytes, per-split counts, smallest and largest classes."""
-    from trainer.data.ops import plot_class_histogram
-    from trainer.data.ops import stats as dataset_stats
-
-    index = load_dataset(uri)
-    numbers = dataset_stats(index)
-    splits = ", ".join(f"{count} {split}" for split, count in numbers["splits"].items())
-    out.print(f"{uri}: {numbers['classes']} classes, {numbers['videos']} videos ({splits})", soft_wrap=True)
-    hours = numbers["hours"]
-    duration = f"{hours:,.1f} hours" if hours >= 1 else f"{hours * 60:.1f} minutes"
-    size = f"{numbers['bytes'] / 1e6:,.1f} MB in {numbers['shards']} shards"
-    out.print(f"  {numbers['frames']:,} frames, {duration}, {size}")
-    for label in ("smallest", "largest"):
-        listed = ", ".join(f"{name} ({count})" for count, name in numbers[label])
-        out.print(f"  {label} classes (training videos): {listed}", soft_wrap=True)
-    if plot is not None:
-        plot_class_histogram(index, str(plot))
-        out.print(f"  wrote {plot}")
 
 
 @models_app.command("list")

@@ -24,6 +24,7 @@ TRAINED_METRICS = (
     "n_clips",
     "world_size",
     "seconds",
+    "unreadable",  # clips that could not be decoded, skipped (training and evaluation)
 )
 
 
@@ -71,15 +72,21 @@ def prepare_data(spec_json: str, stage: str, run_id: str, data: ArtifactLike) ->
         uri = ensure_dataset(spec, names[0])
         index = load_index(uri)
     for split in ("training", spec.evaluation.split):
-        if not index.subset(split):  # found before any training, not after the last epoch
+        if not len(index.rows(split)):  # found before any training, not after the last epoch
             raise DatasetError(f"{stage}: {'+'.join(names)} has no {split} videos")
     print(
-        f"{stage}: {len(index.classes)} classes, {len(index.subset('training'))} training and "
-        f"{len(index.subset('validation'))} validation videos from {'+'.join(names)}",
+        f"{stage}: {len(index.classes)} classes, {len(index.rows('training'))} training and "
+        f"{len(index.rows('validation'))} validation videos from {'+'.join(names)}",
         flush=True,
     )
     _write_pointer(
-        data, run_dir=run, index=uri, datasets=names, classes=len(index.classes), videos=len(index.videos)
+        data,
+        run_dir=run,
+        index=uri,
+        datasets=names,
+        classes=len(index.classes),
+        videos=len(index),
+        fingerprint=index.fingerprint,
     )
 
 

@@ -42,6 +42,8 @@ def build_job(
         channels_last=stage.channels_last,
         eval_split=spec.evaluation.split,
         eval_batch_size=spec.evaluation.batch_size,
+        cache_dir=stage.cache_dir,
+        max_unreadable=stage.max_unreadable,
     )
 
 

@@ -6,16 +6,25 @@ non-overlapping windows are averaged, then ranked. No test-time augmentation.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
-import torch
+from torch.utils.data import Sampler
 
 
-def own_windows(rank: int, world_size: int, n_items: int, seen: int, batch: int) -> torch.Tensor:
-    """Which of a rank's next `batch` items it owns. DistributedSampler (no shuffling) hands rank r the
-    positions r, r + W, r + 2W, ... of the list padded by wrapping to a multiple of W; positions past the
-    end are repeats that must not be counted twice."""
-    positions = rank + world_size * torch.arange(seen, seen + batch)
-    return positions < n_items
+class RankShare(Sampler[int]):
+    """Items rank, rank + W, rank + 2W, ... of `n_items`: every item goes to exactly one rank. Unlike
+    DistributedSampler, no rank is padded with repeats, so nothing is counted twice (ranks may get one
+    item less; evaluation runs no collective per batch, so uneven counts are fine)."""
+
+    def __init__(self, n_items: int, rank: int, world_size: int) -> None:
+        self.items = range(rank, n_items, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 def summarize(

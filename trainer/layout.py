@@ -1,7 +1,7 @@
 """Where a run keeps its files under the spec's storage root (torch-free; the CLI reads results here).
 
 <storage>/experiments/<name>/runs/<run_id>/spec.json
-                                          data/<stage>/index.json      merged pretraining index
+                                          data/<stage>/index.npz       merged pretraining index
                                           <stage>/checkpoint.pt        one directory per stage
                                           <stage>/metrics.json
                                           <stage>/evaluation/metrics.json
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from trainer import storage
+from trainer.data.format import INDEX_FILE
 from trainer.spec import ExperimentSpec
 
 SPEC_FILE = "spec.json"
@@ -30,4 +31,4 @@ def evaluation_dir(run: str, stage: str) -> str:
 
 
 def merged_index(run: str, stage: str) -> str:
-    return storage.join(run, "data", stage, "index.json")
+    return storage.join(run, "data", stage, INDEX_FILE)

@@ -124,6 +124,13 @@ class _StageSpec(_Strict):
     max_retries: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (for GPUs)")
     channels_last: bool = Field(default=False, description="channels_last_3d memory format (for GPUs)")
+    max_unreadable: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.01,
+        description="Fraction of clips that may fail to decode (skipped, counted) before the run stops.",
+    )
+    cache_dir: str | None = Field(
+        default=None, description="Node-local directory (e.g. an SSD) that keeps a copy of each video read."
+    )
 
 
 class PretrainSpec(_StageSpec):

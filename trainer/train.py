@@ -20,18 +20,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from trainer import storage
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data.clips import EvaluationWindows, TrainingClips
-from trainer.data.format import DatasetIndex, load_index
-from trainer.evaluate import own_windows, summarize
+from trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
+from trainer.data.format import DatasetError, DatasetIndex, load_index
+from trainer.evaluate import RankShare, summarize
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE
 from trainer.model_catalog import canonical_name
 from trainer.models import build_model, load_weights
@@ -66,6 +65,8 @@ class TrainJob:
     channels_last: bool = False
     eval_split: str = "validation"
     eval_batch_size: int = 32
+    cache_dir: str | None = None
+    max_unreadable: float = 0.01  # fraction of clips per epoch that may fail to decode
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,10 @@ class Trainer:
         self.rank = init_distributed()
         self.ranks = gather({"rank": self.rank.rank, "pid": os.getpid(), "host": socket.gethostname()})
         self.index: DatasetIndex = load_index(job.data_index)
+        if self.index.multi_label:
+            raise DatasetError(f"{job.data_index}: multi-label datasets cannot be trained on yet")
         self.classes = self.index.classes
+        self.unreadable = 0
         self.model = self._build_model().to(self.rank.device)
         if job.channels_last:
             # Module.to's type stubs omit memory_format, which it accepts.
@@ -203,7 +207,13 @@ class Trainer:
     def _loader(
         self, dataset: Dataset[Any], batch_size: int, shuffle: bool, drop_last: bool = False
     ) -> DataLoader[Any]:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, drop_last=False)  # type: ignore[var-annotated]
+        """Training: DistributedSampler (shuffled, padded so that every rank takes as many DDP steps).
+        Evaluation: each window on exactly one rank."""
+        sampler: Sampler[int] = (
+            DistributedSampler(dataset, shuffle=True, drop_last=False)
+            if shuffle
+            else RankShare(len(dataset), self.rank.rank, self.rank.world_size)  # type: ignore[arg-type]
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -212,17 +222,27 @@ class Trainer:
             num_workers=self.job.num_workers,
             persistent_workers=self.job.num_workers > 0,
             pin_memory=self.rank.device.type == "cuda",
+            collate_fn=None if shuffle else collate_clips,
         )
+
+    def count_unreadable(self, failed: torch.Tensor, clips: int, what: str) -> None:
+        """Add up clips that could not be decoded on all ranks; stop when there are too many."""
+        dist.all_reduce(failed)
+        self.unreadable += int(failed)
+        if int(failed) > self.job.max_unreadable * max(clips, 1):
+            raise DatasetError(
+                f"{self.job.data_index}: {int(failed)} of {clips} clips in {what} could not be decoded, "
+                f"more than the limit of {self.job.max_unreadable:.1%} (max_unreadable)"
+            )
 
     # ---- training ----------------------------------------------------------------------------------
     def train(self) -> None:
         job = self.job
-        clips = TrainingClips(self.index, "training", job.clip_frames, job.clip_size, job.clip_flip)
-        for split, videos in (
-            ("training", clips.videos),
-            (job.eval_split, self.index.subset(job.eval_split)),
-        ):
-            if not videos:  # found now rather than after the last epoch
+        clips = TrainingClips(
+            self.index, "training", job.clip_frames, job.clip_size, job.clip_flip, job.cache_dir
+        )
+        for split, rows in (("training", clips.rows), (job.eval_split, self.index.rows(job.eval_split))):
+            if not len(rows):  # found now rather than after the last epoch
                 raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
         # BatchNorm cannot train on a batch of one clip: drop a short last batch, and refuse a dataset that
         # leaves a process fewer than two clips.
@@ -234,7 +254,12 @@ class Trainer:
             )
         loader = self._loader(clips, job.batch_size, shuffle=True, drop_last=per_process >= job.batch_size)
         val_windows = EvaluationWindows(
-            self.index, "validation", job.clip_frames, job.clip_size, middle_only=True
+            self.index,
+            "validation",
+            job.clip_frames,
+            job.clip_size,
+            middle_only=True,
+            cache_dir=job.cache_dir,
         )
         val_loader = (
             self._loader(val_windows, job.eval_batch_size, shuffle=False) if len(val_windows) else None
@@ -254,6 +279,7 @@ class Trainer:
                 "val_loss": val_loss,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "clips_per_s": n_clips / seconds,
+                "unreadable": self.unreadable,
             }
             self.history.append(record)
             self.save(epoch)
@@ -276,8 +302,10 @@ class Trainer:
     def train_epoch(self, loader: DataLoader[Any], epoch: int) -> tuple[float, float, int]:
         set_train_mode(self.model, self.frozen)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+        failed = torch.zeros(1, dtype=torch.float64)
         last_report = time.monotonic()
-        for step, (clips, labels) in enumerate(loader, 1):
+        for step, (clips, labels, skipped) in enumerate(loader, 1):
+            failed += skipped.sum()
             loss, correct = self.train_step(self.to_device(clips), self.to_device(labels))
             totals += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             if time.monotonic() - last_report > PROGRESS_EVERY_S:
@@ -285,7 +313,8 @@ class Trainer:
                 self.log(f"epoch {epoch}  step {step}/{len(loader)}  loss {totals[0] / totals[2]:.3f}")
         dist.all_reduce(totals)
         loss_sum, correct, n = totals.tolist()
-        return loss_sum / n, correct / n, int(n)
+        self.count_unreadable(failed, int(n + failed.item()), f"training epoch {epoch}")
+        return loss_sum / max(n, 1), correct / max(n, 1), int(n)
 
     def train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         with self.autocast():
@@ -300,46 +329,55 @@ class Trainer:
     def validate(self, loader: DataLoader[Any], n_windows: int) -> float:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
-        seen = 0
-        for clips, labels, _ in loader:
-            own = own_windows(self.rank.rank, self.rank.world_size, n_windows, seen, len(labels))
-            seen += len(labels)
+        failed = torch.zeros(1, dtype=torch.float64)
+        for clips, labels, _, unreadable in loader:
+            failed += unreadable
+            if clips is None:
+                continue
             with self.autocast():
-                logits = self.model(self.to_device(clips)).float()[own.to(self.rank.device)]
-            loss = nn.functional.cross_entropy(logits, self.to_device(labels[own]), reduction="sum")
-            totals += torch.tensor([float(loss), int(own.sum())], dtype=torch.float64)
+                logits = self.model(self.to_device(clips)).float()
+            loss = nn.functional.cross_entropy(logits, self.to_device(labels), reduction="sum")
+            totals += torch.tensor([float(loss), len(labels)], dtype=torch.float64)
         dist.all_reduce(totals)
-        return float(totals[0] / totals[1])
+        self.count_unreadable(failed, n_windows, "validation")
+        return float(totals[0] / max(float(totals[1]), 1.0))
 
     # ---- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, Any]:
         """Per-video probability sums are reduced across ranks: memory grows with videos x classes, not
-        with the number of windows."""
+        with the number of windows. A video none of whose windows could be decoded is left out."""
         job = self.job
-        windows = EvaluationWindows(self.index, split, job.clip_frames, job.clip_size)
+        windows = EvaluationWindows(
+            self.index, split, job.clip_frames, job.clip_size, cache_dir=job.cache_dir
+        )
         if len(windows) == 0:
             raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
         self.model.eval()
-        sums = torch.zeros(len(windows.videos), len(self.classes), dtype=torch.float64)
-        counts = torch.zeros(len(windows.videos), dtype=torch.float64)
+        n_videos = len(windows.rows)
+        sums = torch.zeros(n_videos, len(self.classes), dtype=torch.float64)
+        counts = torch.zeros(n_videos, dtype=torch.float64)
         correct = torch.zeros(1, dtype=torch.float64)
-        seen = 0
-        for clips, labels, numbers in self._loader(windows, job.eval_batch_size, shuffle=False):
-            own = own_windows(self.rank.rank, self.rank.world_size, len(windows), seen, len(labels))
-            seen += len(labels)
+        failed = torch.zeros(1, dtype=torch.float64)
+        for clips, labels, numbers, unreadable in self._loader(windows, job.eval_batch_size, shuffle=False):
+            failed += unreadable
+            if clips is None:
+                continue
             with self.autocast():
                 logits = self.model(self.to_device(clips))
-            probs = torch.softmax(logits.float(), dim=1).double().cpu()[own]
-            sums.index_add_(0, numbers[own], probs)
-            counts.index_add_(0, numbers[own], torch.ones(int(own.sum()), dtype=torch.float64))
-            correct += (probs.argmax(1) == labels[own]).sum()
+            probs = torch.softmax(logits.float(), dim=1).double().cpu()
+            sums.index_add_(0, numbers, probs)
+            counts.index_add_(0, numbers, torch.ones(len(numbers), dtype=torch.float64))
+            correct += (probs.argmax(1) == labels).sum()
         for total in (sums, counts, correct):
             dist.all_reduce(total)
-        labels_of_videos = np.array([video.label for video in windows.videos])
+        self.count_unreadable(failed, len(windows), f"the {split} split")
+        read = counts.numpy() > 0
+        labels_of_videos = self.index.single_labels()[windows.rows][read]
         return {
             "split": split,
-            **summarize(sums.numpy(), counts.numpy(), int(correct.item()), labels_of_videos),
+            "unreadable": self.unreadable,
+            **summarize(sums.numpy()[read], counts.numpy()[read], int(correct.item()), labels_of_videos),
         }
 
     # ---- persistence -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_synth_writes_and_never_overwrites(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote 12 videos of 3 classes" in result.stdout
     index = load_index(index_uri(uri))
-    assert len(index.classes) == 3 and len(index.videos) == 12
+    assert len(index.classes) == 3 and len(index) == 12
     before = {p.name: p.read_bytes() for p in (tmp_path / "motion").iterdir()}
 
     again = mega3d("data", "synth", uri, "--classes", "5")

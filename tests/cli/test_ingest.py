@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import mega3d
-from trainer.data.format import index_uri, load_index, read_frames
+from trainer.data.format import ClipReader, DatasetIndex, index_uri, load_index
 
 
-def ingest(
+def ingest_args(
     root: str | Path, source_format: str, annotations: str | Path, output: str | Path, *options: str
-) -> subprocess.CompletedProcess[str]:
-    """`mega3d data ingest ROOT --format F --annotations A -o OUTPUT [options]`, as a user runs it."""
-    return mega3d(
+) -> list[str]:
+    """The words of `mega3d data ingest ROOT --format F --annotations A -o OUTPUT [options]`."""
+    return [
         "data",
         "ingest",
         str(root),
@@ -31,7 +31,20 @@ def ingest(
         "-o",
         str(output),
         *options,
-    )
+    ]
+
+
+def ingest(
+    root: str | Path, source_format: str, annotations: str | Path, output: str | Path, *options: str
+) -> subprocess.CompletedProcess[str]:
+    """`mega3d data ingest ...`, as a user runs it."""
+    return mega3d(*ingest_args(root, source_format, annotations, output, *options))
+
+
+def frames_of(index: DatasetIndex, video_id: str, start: int = 0, count: int | None = None) -> np.ndarray:
+    """A video's frames as read back from the dataset."""
+    row = [video.id for video in index.videos()].index(video_id)
+    return ClipReader(index).frames(row, start, count or index.video(row).frames)
 
 
 def write_reference_dataset(root: Path) -> dict[str, np.ndarray]:
@@ -87,11 +100,10 @@ def test_reference_frame_folders_are_ingested_with_errors_listed(tmp_path: Path)
     index = load_index(index_uri(str(output)))
     assert index.classes == ["jump", "run"]
     assert sorted(e["id"] for e in index.errors) == ["v_corrupt", "v_missing"]
-    by_id = {video.id: video for video in index.videos}
-    assert (by_id["v_run_1"].label, by_id["v_jump_2"].subset, by_id["v_run_1"].fps) == (1, "validation", 25.0)
+    by_id = {video.id: video for video in index.videos()}
+    assert (by_id["v_run_1"].label, by_id["v_jump_2"].split, by_id["v_run_1"].fps) == (1, "validation", 25.0)
     for video_id, frames in decoded.items():  # the segment [2, n+1) of each: frames 2..n, bit for bit
-        video = by_id[video_id]
-        np.testing.assert_array_equal(read_frames(index, video, 0, video.frames), frames)
+        np.testing.assert_array_equal(frames_of(index, video_id), frames)
 
 
 def test_frames_are_scaled_down_to_the_short_side(tmp_path: Path) -> None:
@@ -106,7 +118,7 @@ def test_frames_are_scaled_down_to_the_short_side(tmp_path: Path) -> None:
         "16",
     )
     assert result.returncode == 0, result.stderr
-    video = load_index(index_uri(str(output))).videos[0]
+    video = load_index(index_uri(str(output))).video(0)
     assert (video.height, video.width) == (16, 21)
 
 
@@ -171,8 +183,8 @@ def test_reference_hdf5_files_are_ingested(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote 2 videos of 2 classes" in result.stdout and "1 unreadable" in result.stdout
     index = load_index(index_uri(str(tmp_path / "out")))
-    for video in index.videos:  # segment [1, n): frames 1..n-1, numbered from 0 as the reference does
-        np.testing.assert_array_equal(read_frames(index, video, 0, video.frames), expected[video.id])
+    for video in index.videos():  # segment [1, n): frames 1..n-1, numbered from 0 as the reference does
+        np.testing.assert_array_equal(frames_of(index, video.id), expected[video.id])
     assert [e["id"] for e in index.errors] == ["c"]
 
 
@@ -200,16 +212,16 @@ def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
     assert "wrote 2 videos of 2 classes" in result.stdout and "1 unreadable" in result.stdout
     index = load_index(index_uri(str(tmp_path / "out")))
     assert index.classes == ["cycling", "talking"]
-    phone, bikes = index.videos
+    phone, bikes = index.videos()
     assert (phone.frames, phone.height, phone.width, round(phone.fps, 2)) == (120, 64, 78, 29.97)
-    assert (bikes.frames, bikes.height, bikes.subset, bikes.label) == (250, 64, "validation", 0)
-    assert read_frames(index, bikes, 100, 16).shape == (16, 64, 151, 3)
+    assert (bikes.frames, bikes.height, bikes.split, bikes.label) == (250, 64, "validation", 0)
+    assert frames_of(index, bikes.id, 100, 16).shape == (16, 64, 151, 3)
     assert [e["id"] for e in index.errors] == ["broken.mp4"]
 
     bad = tmp_path / "bad.csv"
     bad.write_text("bikes.mp4,cycling,train\n")
     rejected = ingest(str(tmp_path / "videos"), "csv", str(bad), str(tmp_path / "never"))
-    assert rejected.returncode == 2 and "line 1: split 'train' is not one of" in rejected.stderr
+    assert rejected.returncode == 2 and "line 1: split: 'train' is not one of" in rejected.stderr
     assert not (tmp_path / "never").exists()
 
 
@@ -243,7 +255,7 @@ def test_ucf101_split_lists(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     index = load_index(index_uri(str(tmp_path / "ucf")))
     assert index.classes == ["ApplyEyeMakeup", "Archery"]
-    assert [(v.label, v.subset) for v in index.videos] == [
+    assert [(v.label, v.split) for v in index.videos()] == [
         (0, "training"),
         (1, "training"),
         (1, "validation"),
@@ -270,7 +282,7 @@ def test_hmdb51_split_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     index = load_index(index_uri(str(tmp_path / "hmdb")))
     assert index.classes == ["brush_hair", "cartwheel"]
-    assert [(v.id, v.label, v.subset) for v in index.videos] == [
+    assert [(v.id, v.label, v.split) for v in index.videos()] == [
         ("brush_hair/a.avi", 0, "training"),
         ("brush_hair/b.avi", 0, "validation"),
         ("cartwheel/c.avi", 1, "training"),
@@ -296,7 +308,7 @@ def test_kinetics_csv_with_the_download_scripts_file_names(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     index = load_index(index_uri(str(tmp_path / "out")))
     assert index.classes == ["abseiling", "zumba"]
-    assert [(v.id, v.label, v.subset) for v in index.videos] == [
+    assert [(v.id, v.label, v.split) for v in index.videos()] == [
         ("abc123_000010_000020", 0, "training"),
         ("xyz789_000000_000010", 1, "validation"),
     ]
@@ -327,7 +339,120 @@ def test_activitynet_segments_become_trimmed_clips(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     index = load_index(index_uri(str(tmp_path / "out")))
     assert index.classes == ["Talking", "Waving"]
-    clips = {v.id: v for v in index.videos}
+    clips = {v.id: v for v in index.videos()}
     assert sorted(clips) == ["vid1_0", "vid1_1"]
     assert clips["vid1_0"].frames == 30 and clips["vid1_1"].frames == 45  # 1 s and 1.5 s at 29.97 fps
     assert clips["vid1_1"].label == 1
+
+
+def test_hvu_tags_make_a_multi_label_dataset_from_several_csvs(tmp_path: Path) -> None:
+    link_videos(tmp_path / "hvu", ["aaa_000000_000010.mp4", "bbb_000005_000015.mp4", "ccc_000001_000011.mp4"])
+    header = "Tags,youtube_id,time_start,time_end\n"
+    (tmp_path / "HVU_Train_V1.0.csv").write_text(f"{header}grass|dog|running,aaa,0,10\ndog,bbb,5,15\n")
+    (tmp_path / "HVU_Val_V1.0.csv").write_text(f"{header}running|beach,ccc,1,11\n")
+    result = mega3d(
+        "data",
+        "ingest",
+        str(tmp_path / "hvu"),
+        "--format",
+        "hvu",
+        "--annotations",
+        str(tmp_path / "HVU_Train_V1.0.csv"),
+        "--annotations",
+        str(tmp_path / "HVU_Val_V1.0.csv"),
+        "--short-side",
+        "32",
+        "-o",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 0, result.stderr
+    index = load_index(index_uri(str(tmp_path / "out")))
+    assert index.multi_label and index.classes == ["beach", "dog", "grass", "running"]
+    assert [(v.id, v.labels, v.split) for v in index.videos()] == [
+        ("aaa_000000_000010", (2, 1, 3), "training"),
+        ("bbb_000005_000015", (1,), "training"),
+        ("ccc_000001_000011", (3, 0), "validation"),
+    ]
+    stats = mega3d("data", "stats", str(tmp_path / "out"))
+    assert "4 classes, 3 multi-label videos (2 training, 1 validation)" in stats.stdout
+
+
+def test_parallel_workers_write_the_same_dataset(tmp_path: Path) -> None:
+    write_reference_dataset(tmp_path)
+    outputs = []
+    for workers in ("1", "2"):
+        output = tmp_path / f"out{workers}"
+        result = ingest(
+            tmp_path / "frames",
+            "reference-jpg",
+            tmp_path / "ann.json",
+            output,
+            "--workers",
+            workers,
+            "--short-side",
+            "16",  # re-encoded: the same bytes whichever process encodes them
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(load_index(index_uri(str(output))))
+    serial, parallel = outputs
+    assert serial.fingerprint == parallel.fingerprint
+    assert [v.id for v in parallel.videos()] == [v.id for v in serial.videos()]  # the source's order
+    assert parallel.errors == serial.errors and len(parallel.shards) == 2  # one shard per worker
+    for video in serial.videos():
+        np.testing.assert_array_equal(frames_of(parallel, video.id), frames_of(serial, video.id))
+
+
+def test_an_empty_source_and_a_missing_directory_write_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("path,label\n")
+    empty = ingest(tmp_path, "csv", tmp_path / "empty.csv", tmp_path / "never")
+    assert empty.returncode == 2 and "no labelled videos listed" in empty.stderr
+    write_reference_dataset(tmp_path)
+    missing = ingest(tmp_path / "nowhere", "reference-jpg", tmp_path / "ann.json", tmp_path / "never")
+    assert missing.returncode == 2 and "nowhere: no such directory" in missing.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_killed_ingest_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """SIGKILL mid-way (as a preempted node would), then the same command: finished shards are kept."""
+    import os
+    import signal
+    import time
+
+    rng = np.random.default_rng(3)
+    database = {}
+    for i in range(60):
+        folder = tmp_path / "frames" / "walk" / f"v{i:02d}"
+        folder.mkdir(parents=True)
+        for number in range(1, 9):
+            Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(
+                folder / f"image_{number:05d}.jpg"
+            )
+        database[f"v{i:02d}"] = {"subset": "training", "annotations": {"label": "walk"}}
+    (tmp_path / "ann.json").write_text(json.dumps({"labels": ["walk"], "database": database}))
+    output = tmp_path / "out"
+    command = ingest_args(
+        tmp_path / "frames", "reference-jpg", tmp_path / "ann.json", output,
+        "--short-side", "64", "--shard-mb", "0.05", "--workers", "1",
+    )  # fmt: skip
+    from tests.conftest import MEGA3D
+
+    process = subprocess.Popen([MEGA3D, *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while len(list((output / "ingest").glob("*.npz"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in output.glob("shard-*.bin")}
+    assert len(finished) >= 3 and not (output / "index.npz").exists()  # nothing visible yet
+
+    result = mega3d(*command)
+    assert result.returncode == 0, result.stderr
+    index = load_index(index_uri(str(output)))
+    assert [v.id for v in index.videos()] == [f"v{i:02d}" for i in range(60)]
+    kept = {Path(shard).name for shard in index.shards} & set(finished)
+    assert len(kept) >= 3  # shards finished before the kill are part of the dataset, untouched
+    assert all((output / name).stat().st_mtime_ns == finished[name] for name in kept)
+    assert not (output / "ingest").exists()
+    assert {p.name for p in output.iterdir()} == {"index.npz", *(Path(s).name for s in index.shards)}
+    for video_id in ("v00", "v59"):
+        assert frames_of(index, video_id).shape == (8, 64, 85, 3)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from trainer.checkpoint import load_checkpoint
+from trainer.data.format import DatasetError, index_uri, load_index
 from trainer.data.synth import synthesize
 from trainer.spec import SyntheticSpec, parse_spec
 from trainer.train import Trainer, TrainJob
@@ -53,7 +54,7 @@ def trainer(
         "--stage",
         stage,
         "--data-index",
-        f"{dataset}/index.json",
+        f"{dataset}/index.npz",
         "--out",
         str(out),
     ]
@@ -171,7 +172,7 @@ def test_resuming_restores_weights_optimizer_and_schedule(
     world_of_one(monkeypatch)
     job = TrainJob(
         stage="pretrain",
-        data_index=f"{tiny_dataset}/index.json",
+        data_index=f"{tiny_dataset}/index.npz",
         out_dir=str(out),
         model_name="r3d-10",
         model_options={"widen_factor": 0.125},
@@ -218,7 +219,7 @@ def test_bf16_autocast_and_channels_last_train_end_to_end(
 def finetune_job(tmp_path: Path, dataset: str, init: Path, **changes: Any) -> TrainJob:
     fields: dict[str, Any] = {
         "stage": "tuned",
-        "data_index": f"{dataset}/index.json",
+        "data_index": f"{dataset}/index.npz",
         "out_dir": str(tmp_path),
         "model_name": "r3d-10",
         "model_options": {"widen_factor": 0.125},
@@ -277,3 +278,49 @@ def test_channels_last_and_bf16_reach_the_model_and_the_inputs(
             assert trainer.model(clips).dtype == torch.bfloat16
     finally:
         trainer.close()
+
+
+def test_unreadable_videos_are_skipped_counted_and_limited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset = str(tmp_path / "data")
+    synthesize(dataset, SyntheticSpec(classes=3, videos_per_class=4, frames=10, size=24, seed=5))
+    index = load_index(index_uri(dataset))
+    for row in (int(index.rows("training")[0]), int(index.rows("validation")[0])):  # zero their bytes
+        video = index.video(row)
+        shard = Path(index.shards[video.shard])
+        data = bytearray(shard.read_bytes())
+        data[video.offset : video.offset + video.length] = bytes(video.length)
+        shard.write_bytes(bytes(data))
+    world_of_one(monkeypatch)
+
+    def run(limit: float) -> Trainer:
+        job = TrainJob(
+            stage="pretrain",
+            data_index=index_uri(dataset),
+            out_dir=str(tmp_path / f"out-{limit}"),
+            model_name="r3d-10",
+            model_options={"widen_factor": 0.125},
+            batch_size=9,  # every training clip in one batch
+            clip_frames=4,
+            clip_size=16,
+            max_unreadable=limit,
+        )
+        trainer = Trainer(job)
+        try:
+            trainer.setup()
+            trainer.train()
+            trainer.evaluation = trainer.evaluate("validation")  # type: ignore[attr-defined]
+        finally:
+            trainer.close()
+        return trainer
+
+    tolerant = run(0.5)
+    # One training video per epoch, and the middle window of one validation video; then its 3 windows.
+    assert tolerant.history[0]["unreadable"] == 2
+    evaluation = tolerant.evaluation  # type: ignore[attr-defined]
+    assert evaluation["unreadable"] == 5 and evaluation["n_videos"] == 2  # the unreadable one is left out
+    with pytest.raises(
+        DatasetError, match=r"1 of 10 clips in training epoch 1 could not be decoded, more than"
+    ):
+        run(0.0)

@@ -5,66 +5,107 @@ A subset, like a merge, is a new index over the existing shards: no video is cop
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from trainer.data.format import DatasetError, DatasetIndex
+from trainer.data.format import SUBSETS, DatasetError, DatasetIndex
 
 
 def subset(index: DatasetIndex, categories: float, instances: float, seed: int) -> DatasetIndex:
     """Keep a fraction of the categories, then a fraction of each kept category's training videos.
 
     Deterministic for a seed. Evaluation videos of kept categories are all kept, so results stay comparable
-    across subsets; labels are renumbered and the mapping to the source's labels is recorded.
+    across subsets; labels are renumbered and the mapping to the source's labels is recorded. A multi-label
+    video keeps its kept labels, and counts as an instance of the first of them.
     """
     for name, fraction in (("categories", categories), ("instances", instances)):
         if not 0 < fraction <= 1:
             raise DatasetError(f"--{name} must be a fraction in (0, 1], got {fraction}")
     rng = np.random.default_rng(seed)
     n_kept = max(1, round(categories * len(index.classes)))
-    kept = sorted(int(c) for c in rng.choice(len(index.classes), size=n_kept, replace=False))
-    new_label = {old: new for new, old in enumerate(kept)}
-    training_of: dict[int, list[int]] = {old: [] for old in kept}
-    for i, video in enumerate(index.videos):
-        if video.subset == "training" and video.label in training_of:
-            training_of[video.label].append(i)
-    chosen: set[int] = set()
-    for training in training_of.values():
-        if training:
-            size = max(1, round(instances * len(training)))
-            chosen.update(int(i) for i in rng.choice(training, size=size, replace=False))
-    videos = [
-        replace(video, label=new_label[video.label])
-        for i, video in enumerate(index.videos)
-        if video.label in new_label and (video.subset != "training" or i in chosen)
-    ]
-    source = {"subset": {"categories": categories, "instances": instances, "seed": seed}, "labels": kept}
-    return DatasetIndex(
-        classes=[index.classes[old] for old in kept],
-        shards=index.shards,
-        videos=videos,
-        sources=[*index.sources, source],
+    kept = np.sort(rng.choice(len(index.classes), size=n_kept, replace=False))
+    relabel = np.full(len(index.classes), -1)
+    relabel[kept] = np.arange(n_kept)
+    part = index.select(np.arange(len(index)), [index.classes[old] for old in kept], relabel)
+    training = part.rows("training")
+    first_label = part.columns["label"][part.columns["label_start"][:-1]]
+    chosen = [part.rows(split) for split in SUBSETS if split != "training"]
+    for label in range(n_kept):
+        members = training[first_label[training] == label]
+        if len(members):
+            chosen.append(rng.choice(members, size=max(1, round(instances * len(members))), replace=False))
+    rows = np.sort(np.concatenate(chosen))
+    source = {
+        "subset": {"categories": categories, "instances": instances, "seed": seed},
+        "labels": kept.tolist(),
+    }
+    return replace(part.select(rows, part.classes, np.arange(n_kept)), sources=[*index.sources, source])
+
+
+def read_unify_map(path: Path) -> dict[str, list[str]]:
+    """`new name: [<dataset>/<class>, ...]` from a YAML file."""
+    try:
+        mapping = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise DatasetError(f"{path}: cannot read the class map ({error})") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise DatasetError(f"{path}: expected a map of `new name: [<dataset>/<class>, ...]`")
+    for name, members in mapping.items():
+        if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            raise DatasetError(f"{path}: {name}: expected a list of class names, got {members!r}")
+    return {str(name): members for name, members in mapping.items()}
+
+
+def unify_classes(index: DatasetIndex, mapping: dict[str, list[str]], where: str) -> DatasetIndex:
+    """Fuse classes that mean the same thing: each group becomes one class, named by its key, at the place
+    of its first member; the other classes keep their order."""
+    group_of: dict[str, str] = {}
+    for name, members in mapping.items():
+        for member in members:
+            if member not in index.classes:
+                raise DatasetError(f"{where}: {name}: {member!r} is not a class of the merge")
+            if member in group_of:
+                raise DatasetError(f"{where}: {name}: {member!r} is already fused into {group_of[member]!r}")
+            group_of[member] = name
+    for name in mapping:
+        if name in index.classes and name not in group_of:
+            raise DatasetError(f"{where}: {name!r} is already a class of the merge; choose another name")
+    number_of: dict[str, int] = {}  # new class name -> its number, in order of first appearance
+    relabel = np.array(
+        [number_of.setdefault(group_of.get(name, name), len(number_of)) for name in index.classes]
     )
+    classes = list(number_of)
+    fused = index.select(np.arange(len(index)), classes, relabel)
+    return replace(fused, sources=[*index.sources, {"unify": mapping}])
 
 
 def stats(index: DatasetIndex) -> dict[str, Any]:
     """Counts for `mega3d data stats`: per split, per class (training videos), frames, hours and bytes."""
-    per_class = Counter(video.label for video in index.videos if video.subset == "training")
-    counts = sorted(((per_class.get(label, 0), name) for label, name in enumerate(index.classes)))
+    c = index.columns
+    training = index.rows("training")
+    counts = np.diff(c["label_start"])
+    label_owner = np.repeat(np.arange(len(index)), counts)
+    training_labels = c["label"][np.isin(label_owner, training)]
+    per_class = np.bincount(training_labels, minlength=len(index.classes))
+    ordered = sorted((int(count), name) for count, name in zip(per_class, index.classes, strict=True))
     return {
         "classes": len(index.classes),
-        "videos": len(index.videos),
-        "splits": dict(sorted(Counter(video.subset for video in index.videos).items())),
-        "frames": sum(video.frames for video in index.videos),
-        "hours": sum(video.frames / video.fps for video in index.videos) / 3600,
-        "bytes": sum(video.length for video in index.videos),
+        "videos": len(index),
+        "multi_label": index.multi_label,
+        "splits": {split: len(index.rows(split)) for split in SUBSETS if len(index.rows(split))},
+        "frames": int(c["frames"].sum()),
+        "hours": float((c["frames"] / c["fps"].astype(np.float64)).sum() / 3600),
+        "bytes": int(c["length"].sum()),
         "shards": len(index.shards),
-        "training_videos_per_class": {name: count for count, name in counts},
-        "smallest": counts[:3],
-        "largest": counts[::-1][:3],
+        "unreadable": len(index.errors),
+        "fingerprint": index.fingerprint,
+        "training_videos_per_class": {name: count for count, name in ordered},
+        "smallest": ordered[:3],
+        "largest": ordered[::-1][:3],
     }
 
 

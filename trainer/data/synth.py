@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from trainer.data.format import DatasetIndex, DatasetWriter
+from trainer.data.format import DatasetIndex
+from trainer.data.writer import DatasetWriter
 from trainer.spec import SyntheticSpec
 
 VALIDATION_FRACTION = 0.25
@@ -77,11 +78,12 @@ def synthesize(
     # Every class gets at least one validation video, unless it has only one video in all.
     n_val = max(1, round(params.videos_per_class * VALIDATION_FRACTION)) if params.videos_per_class > 1 else 0
     total = params.classes * params.videos_per_class
-    for label, angle in enumerate(class_angles(params)):
+    for label, (angle, name) in enumerate(zip(class_angles(params), class_names(params), strict=True)):
         for i in range(params.videos_per_class):
             subset = "validation" if i >= params.videos_per_class - n_val else "training"
             video = render_video(rng, params.frames, params.size, angle, params.speed)
-            writer.add(f"c{label:03d}-v{i:04d}", label, subset, video)
+            # Ids name what makes a video: datasets with other parameters can be merged without clashes.
+            writer.add(f"{name}-s{params.seed}-{i:04d}", label, subset, video)
             if progress is not None:
                 progress(label * params.videos_per_class + i + 1, total)
     return writer.close()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.format import index_uri, load_index, read_frames
+from trainer.data.format import ClipReader, index_uri, load_index
 from trainer.data.synth import class_angles, class_names, render_video, synthesize
 from trainer.spec import SyntheticSpec
 
@@ -49,12 +49,14 @@ def test_synthesize_writes_a_labelled_split_dataset(tmp_path: Path) -> None:
         == class_names(params)
         == ["move-030.0deg-1px", "move-150.0deg-1px", "move-270.0deg-1px"]
     )
-    assert len(index.subset("training")) == 18 and len(index.subset("validation")) == 6
+    assert len(index.rows("training")) == 18 and len(index.rows("validation")) == 6
     assert calls == list(range(1, 25))
-    assert read_frames(index, index.videos[-1], 0, 6).shape == (6, 20, 20, 3)
+    assert ClipReader(index).frames(len(index) - 1, 0, 6).shape == (6, 20, 20, 3)
+    assert index.video(0).id == "move-030.0deg-1px-s3-0000"
 
     again = str(tmp_path / "again")
     synthesize(again, params)
-    assert (tmp_path / "again" / "shard-00000.bin").read_bytes() == (
-        tmp_path / "ds" / "shard-00000.bin"
-    ).read_bytes()
+    assert load_index(index_uri(again)).fingerprint == index.fingerprint  # the same seed, the same videos
+    other = str(tmp_path / "other")
+    synthesize(other, params.model_copy(update={"seed": 4}))
+    assert load_index(index_uri(other)).fingerprint != index.fingerprint
