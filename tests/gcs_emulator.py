@@ -12,18 +12,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+KEEP_ALIVE_MAIN = (
+    "import sys; from gcp_storage_emulator import server; from gcp_storage_emulator.__main__ import main; "
+    "server.RequestHandler.protocol_version = 'HTTP/1.1'; sys.exit(main())"
+)
+
 
 @contextmanager
-def gcs_emulator() -> Iterator[subprocess.Popen[bytes]]:
+def gcs_emulator(keep_alive: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     """gcp-storage-emulator (in memory, bucket `mega3d`) on a loopback port, with the environment pointing
-    gcsfs at it; stopped on the way out, whatever happens."""
+    gcsfs at it; stopped on the way out, whatever happens.
+
+    The emulator answers in HTTP/1.0 and so closes the connection after every response; with `keep_alive`
+    its request handler speaks HTTP/1.1 (its responses carry Content-Length), so that connections are kept
+    and reused as with GCS itself."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
+    emulator = [str(Path(sys.executable).with_name("gcp-storage-emulator"))]
+    if keep_alive:
+        emulator = [sys.executable, "-c", KEEP_ALIVE_MAIN]
     server = subprocess.Popen(
         [
-            str(emulator),
+            *emulator,
             "start",
             "--host=127.0.0.1",
             f"--port={port}",

@@ -7,7 +7,6 @@ object-store put only becomes visible when complete, so a failed command never l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import posixpath
@@ -15,7 +14,6 @@ import uuid
 from typing import Any
 
 import fsspec
-from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -70,9 +68,7 @@ def read_range(uri: str, start: int, end: int) -> bytes:
 
 class RangeReader:
     """Ranged reads of one object. The filesystem is resolved once per process (a DataLoader worker gets
-    its own), so its connections are kept and reused from one read to the next. An asynchronous filesystem
-    (gcsfs, s3fs) runs on an event loop of the reading thread's own: no hand-over to fsspec's IO thread and
-    back on every read, which costs as much CPU as the request itself."""
+    its own), so its connections are kept and reused from one read to the next."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -81,31 +77,8 @@ class RangeReader:
     def read(self, start: int, end: int) -> bytes:
         if self._pid != os.getpid():
             self._fs, self._path = _fs(self.uri)
-            self._loop: asyncio.AbstractEventLoop | None = None
-            if isinstance(self._fs, AsyncFileSystem):
-                self._loop, self._fs = _own_loop_filesystem(self._fs)
             self._pid = os.getpid()
-        if self._loop is not None:
-            return bytes(self._loop.run_until_complete(self._fs._cat_file(self._path, start=start, end=end)))
         return bytes(self._fs.cat_file(self._path, start=start, end=end))
-
-
-_PROCESS_LOOPS: dict[int, asyncio.AbstractEventLoop] = {}
-_TWINS: dict[tuple[int, str], AsyncFileSystem] = {}
-
-
-def _own_loop_filesystem(fs: AsyncFileSystem) -> tuple[asyncio.AbstractEventLoop, AsyncFileSystem]:
-    """This process's event loop, and on it an asynchronous twin of `fs` (one per filesystem and process,
-    shared by all readers)."""
-    pid = os.getpid()
-    if pid not in _PROCESS_LOOPS:
-        _PROCESS_LOOPS[pid] = asyncio.new_event_loop()
-    key = (pid, fs._fs_token)
-    if key not in _TWINS:
-        _TWINS[key] = type(fs)(
-            **fs.storage_options, asynchronous=True, loop=_PROCESS_LOOPS[pid], skip_instance_cache=True
-        )
-    return _PROCESS_LOOPS[pid], _TWINS[key]
 
 
 def list_dir(uri: str) -> list[str]:
