@@ -20,6 +20,7 @@ TRAINED_METRICS = (
     "clip_accuracy",
     "video_top1",
     "video_top5",
+    "mean_class_accuracy",
     "n_videos",
     "n_clips",
     "world_size",

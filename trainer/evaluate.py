@@ -7,6 +7,7 @@ non-overlapping windows are averaged, then ranked. No test-time augmentation.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -29,17 +30,37 @@ class RankShare(Sampler[int]):
 
 def summarize(
     video_prob_sums: np.ndarray, window_counts: np.ndarray, clip_correct: int, video_labels: np.ndarray
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Metrics from per-video sums: `video_prob_sums[v]` adds up the class probabilities of video v's
-    `window_counts[v]` windows, `clip_correct` counts windows whose own top class was right."""
+    `window_counts[v]` windows, `clip_correct` counts windows whose own top class was right.
+
+    Mean class accuracy averages the video top-1 accuracy of each class that has videos, so that large
+    classes do not dominate; `per_class_accuracy` holds it per class (None for a class without videos)."""
     video_probs = video_prob_sums / np.maximum(window_counts, 1)[:, None]
     ranked = np.argsort(-video_probs, axis=1, kind="stable")
     hits = ranked == video_labels[:, None]
     n_clips = int(window_counts.sum())
+    n_classes = video_prob_sums.shape[1]
+    videos_of_class = np.bincount(video_labels, minlength=n_classes)
+    right_of_class = np.bincount(video_labels, weights=hits[:, 0], minlength=n_classes)
+    present = videos_of_class > 0
+    per_class = right_of_class / np.maximum(videos_of_class, 1)
     return {
         "clip_accuracy": clip_correct / n_clips,
         "video_top1": float(hits[:, :1].any(axis=1).mean()),
         "video_top5": float(hits[:, :5].any(axis=1).mean()),
+        "mean_class_accuracy": float(per_class[present].mean()),
+        "per_class_accuracy": [float(a) if p else None for a, p in zip(per_class, present, strict=True)],
         "n_clips": n_clips,
         "n_videos": len(video_labels),
     }
+
+
+def top_predictions(video_probs: np.ndarray, classes: list[str], top: int = 5) -> list[list[dict[str, Any]]]:
+    """Per video, its `top` classes with their probabilities, best first: the entries of the reference's
+    results JSON (`{"results": {video id: [{"label", "score"}, ...]}}`)."""
+    ranked = np.argsort(-video_probs, axis=1, kind="stable")[:, :top]
+    return [
+        [{"label": classes[c], "score": float(probs[c])} for c in order]
+        for probs, order in zip(video_probs, ranked, strict=True)
+    ]

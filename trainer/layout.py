@@ -5,6 +5,7 @@
                                           <stage>/checkpoint.pt        one directory per stage
                                           <stage>/metrics.json
                                           <stage>/evaluation/metrics.json
+                                          <stage>/evaluation/results.json   top-5 classes per video
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from trainer.spec import ExperimentSpec
 SPEC_FILE = "spec.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
+RESULTS_FILE = "results.json"  # per video, its top-5 classes: the reference's results JSON layout
 
 
 def run_dir(spec: ExperimentSpec, run_id: str) -> str:

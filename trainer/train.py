@@ -30,8 +30,8 @@ from trainer import storage
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from trainer.data.format import DatasetError, DatasetIndex, load_index
-from trainer.evaluate import RankShare, summarize
-from trainer.layout import CHECKPOINT_FILE, METRICS_FILE
+from trainer.evaluate import RankShare, summarize, top_predictions
+from trainer.layout import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE
 from trainer.model_catalog import canonical_name
 from trainer.models import build_model, load_weights
 
@@ -78,6 +78,16 @@ class Rank:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def duration(seconds: float) -> str:
+    """4s, 3m05s, 2h07m."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def init_distributed() -> Rank:
@@ -268,25 +278,34 @@ class Trainer:
             assert isinstance(loader.sampler, DistributedSampler)
             loader.sampler.set_epoch(epoch)
             started = time.monotonic()
-            train_loss, train_acc, n_clips = self.train_epoch(loader, epoch)
-            val_loss = self.validate(val_loader, len(val_windows)) if val_loader is not None else train_loss
+            trained = self.train_epoch(loader, epoch)
+            val_loss = (
+                self.validate(val_loader, len(val_windows))
+                if val_loader is not None
+                else trained["train_loss"]
+            )
             self.scheduler.step(val_loss)
             seconds = time.monotonic() - started
             record = {
                 "epoch": epoch,
-                "train_loss": train_loss,
-                "train_accuracy": train_acc,
+                "train_loss": trained["train_loss"],
+                "train_accuracy": trained["train_accuracy"],
                 "val_loss": val_loss,
                 "lr": self.optimizer.param_groups[0]["lr"],
-                "clips_per_s": n_clips / seconds,
+                "clips_per_s": trained["clips"] / seconds,
+                "data_wait": trained["data_wait"],
+                "seconds": seconds,
                 "unreadable": self.unreadable,
             }
             self.history.append(record)
             self.save(epoch)
+            this_run = [r["seconds"] for r in self.history[-(epoch - self.start_epoch + 1) :]]
+            eta = sum(this_run) / len(this_run) * (job.epochs - epoch)
             self.log(
-                f"epoch {epoch}/{job.epochs}  loss {train_loss:.3f}  acc {train_acc:.3f}  "
-                f"val-loss {val_loss:.3f}  lr {record['lr']:.2g}  {record['clips_per_s']:.0f} clips/s  "
-                f"{seconds:.1f}s"
+                f"epoch {epoch}/{job.epochs}  loss {record['train_loss']:.3f}  "
+                f"acc {record['train_accuracy']:.3f}  val-loss {val_loss:.3f}  lr {record['lr']:.2g}  "
+                f"{record['clips_per_s']:.0f} clips/s  data wait {record['data_wait']:.0%}  {seconds:.1f}s  "
+                f"ETA {duration(eta)}"
             )
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
@@ -299,22 +318,37 @@ class Trainer:
             self.rank.device.type, dtype=torch.bfloat16, enabled=self.job.precision == "bf16"
         )
 
-    def train_epoch(self, loader: DataLoader[Any], epoch: int) -> tuple[float, float, int]:
+    def train_epoch(self, loader: DataLoader[Any], epoch: int) -> dict[str, float]:
+        """One pass over the training clips: loss, accuracy, clips, and the share of the time spent waiting
+        for the loader (averaged over ranks)."""
         set_train_mode(self.model, self.frozen)
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, clips, seconds waiting for data
         failed = torch.zeros(1, dtype=torch.float64)
-        last_report = time.monotonic()
+        started = last_report = asked = time.monotonic()
         for step, (clips, labels, skipped) in enumerate(loader, 1):
+            totals[3] += time.monotonic() - asked
             failed += skipped.sum()
             loss, correct = self.train_step(self.to_device(clips), self.to_device(labels))
-            totals += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
-            if time.monotonic() - last_report > PROGRESS_EVERY_S:
-                last_report = time.monotonic()
-                self.log(f"epoch {epoch}  step {step}/{len(loader)}  loss {totals[0] / totals[2]:.3f}")
+            totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
+            now = time.monotonic()
+            if now - last_report > PROGRESS_EVERY_S:
+                last_report = now
+                eta = (now - started) / step * (len(loader) - step)
+                self.log(
+                    f"epoch {epoch}  step {step}/{len(loader)}  loss {totals[0] / totals[2]:.3f}  "
+                    f"data wait {totals[3] / (now - started):.0%}  epoch ends in {duration(eta)}"
+                )
+            asked = time.monotonic()
+        seconds = time.monotonic() - started
         dist.all_reduce(totals)
-        loss_sum, correct, n = totals.tolist()
+        loss_sum, correct, n, waited = totals.tolist()
         self.count_unreadable(failed, int(n + failed.item()), f"training epoch {epoch}")
-        return loss_sum / max(n, 1), correct / max(n, 1), int(n)
+        return {
+            "train_loss": loss_sum / max(n, 1),
+            "train_accuracy": correct / max(n, 1),
+            "clips": n,
+            "data_wait": waited / self.rank.world_size / max(seconds, 1e-9),
+        }
 
     def train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         with self.autocast():
@@ -373,11 +407,20 @@ class Trainer:
             dist.all_reduce(total)
         self.count_unreadable(failed, len(windows), f"the {split} split")
         read = counts.numpy() > 0
-        labels_of_videos = self.index.single_labels()[windows.rows][read]
+        rows = windows.rows[read]
+        video_sums, video_counts = sums.numpy()[read], counts.numpy()[read]
+        metrics = summarize(video_sums, video_counts, int(correct.item()), self.index.single_labels()[rows])
+        if self.rank.is_main:
+            ids = [video_id.decode() for video_id in self.index.columns["id"][rows].tolist()]
+            predictions = top_predictions(video_sums / video_counts[:, None], self.classes)
+            results = {"results": dict(zip(ids, predictions, strict=True))}
+            storage.write_json(storage.join(job.out_dir, RESULTS_FILE), results)
+        per_class = zip(self.classes, metrics.pop("per_class_accuracy"), strict=True)
         return {
             "split": split,
             "unreadable": self.unreadable,
-            **summarize(sums.numpy()[read], counts.numpy()[read], int(correct.item()), labels_of_videos),
+            **metrics,
+            "per_class_accuracy": {name: accuracy for name, accuracy in per_class if accuracy is not None},
         }
 
     # ---- persistence -------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.evaluate import RankShare, summarize
+from trainer.evaluate import RankShare, summarize, top_predictions
 
 
 def test_video_accuracy_averages_window_probabilities() -> None:
@@ -28,3 +28,20 @@ def test_each_item_goes_to_exactly_one_rank(n_items: int, world_size: int) -> No
     shares = [list(RankShare(n_items, rank, world_size)) for rank in range(world_size)]
     assert sorted(item for share in shares for item in share) == list(range(n_items))
     assert all(len(share) == len(RankShare(n_items, rank, world_size)) for rank, share in enumerate(shares))
+
+
+def test_mean_class_accuracy_weighs_classes_equally() -> None:
+    # Three videos of class 0 (two right), one of class 1 (right), none of class 2.
+    sums = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.1, 0.7, 0.2], [0.3, 0.6, 0.1]])
+    result = summarize(sums, np.ones(4), clip_correct=3, video_labels=np.array([0, 0, 0, 1]))
+    assert result["video_top1"] == pytest.approx(3 / 4)
+    assert result["mean_class_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert result["per_class_accuracy"] == [pytest.approx(2 / 3), 1.0, None]
+
+
+def test_top_predictions_follow_the_reference_results_layout() -> None:
+    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    assert top_predictions(probs, ["a", "b", "c"], top=2) == [
+        [{"label": "b", "score": 0.7}, {"label": "c", "score": 0.2}],
+        [{"label": "a", "score": 0.5}, {"label": "c", "score": 0.3}],
+    ]

@@ -16,7 +16,7 @@ from trainer.checkpoint import load_checkpoint
 from trainer.data.format import DatasetError, index_uri, load_index
 from trainer.data.synth import synthesize
 from trainer.spec import SyntheticSpec, parse_spec
-from trainer.train import Trainer, TrainJob
+from trainer.train import Trainer, TrainJob, duration
 
 TINY_STAGE = {
     "epochs": 2,
@@ -100,7 +100,8 @@ def set_up(job: TrainJob) -> Trainer:
 def pretrained(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: str) -> tuple[Path, str]:
     tmp_path = tmp_path_factory.mktemp("pretrain")
     spec = write_spec(tmp_path, tiny_dataset)
-    trainer("train", spec, "pretrain", tiny_dataset, tmp_path / "pretrain")
+    result = trainer("train", spec, "pretrain", tiny_dataset, tmp_path / "pretrain")
+    (tmp_path / "train.log").write_text(result.stdout)
     return tmp_path, spec
 
 
@@ -116,7 +117,17 @@ def test_training_writes_a_reference_layout_checkpoint_and_metrics(pretrained: t
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["world_size"] == 1 and [r["rank"] for r in metrics["ranks"]] == [0]
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert all(0 <= h["data_wait"] <= 1 and h["seconds"] > 0 for h in metrics["history"])
+    epoch_lines = [line for line in (tmp_path / "train.log").read_text().splitlines() if "epoch 2/2" in line]
+    assert len(epoch_lines) == 1 and "data wait" in epoch_lines[0] and epoch_lines[0].endswith("ETA 0s")
     assert metrics["n_videos"] == 6 and metrics["n_clips"] == 6 * 3  # 10 frames: windows at 0, 4, 8
+    assert 0.0 <= metrics["mean_class_accuracy"] <= 1.0 and len(metrics["per_class_accuracy"]) == 3
+    results = json.loads((tmp_path / "pretrain" / "results.json").read_text())["results"]
+    validation = load_index(index_uri(str(Path(metrics["job"]["data_index"]).parent))).videos("validation")
+    assert sorted(results) == sorted(video.id for video in validation)
+    for entries in results.values():  # the reference's layout: top classes, best first
+        assert len(entries) == 3 and {e["label"] for e in entries} == set(metrics["classes"])
+        assert [e["score"] for e in entries] == sorted((e["score"] for e in entries), reverse=True)
 
 
 def test_a_restarted_job_resumes_after_its_last_epoch(
@@ -324,3 +335,7 @@ def test_unreadable_videos_are_skipped_counted_and_limited(
         DatasetError, match=r"1 of 10 clips in training epoch 1 could not be decoded, more than"
     ):
         run(0.0)
+
+
+def test_durations_read_naturally() -> None:
+    assert [duration(s) for s in (4.4, 185, 7620)] == ["4s", "3m05s", "2h07m"]
