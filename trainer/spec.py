@@ -96,13 +96,21 @@ class OptimizerSpec(_Strict):
     lr: PositiveFloat = 0.003
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 0.001
+    nesterov: bool = False
 
 
 class ScheduleSpec(_Strict):
-    """Divide the learning rate by 1/factor when validation loss has not improved for `patience` epochs."""
+    """How the learning rate changes from epoch to epoch.
 
+    plateau (the paper): multiply by `factor` when validation loss has not improved for `patience` epochs;
+    multistep: multiply by `factor` at each epoch in `milestones`; cosine: decay to 0 over the epochs.
+    `warmup_epochs` first ramps it up linearly from lr / warmup_epochs."""
+
+    kind: Literal["plateau", "multistep", "cosine"] = "plateau"
     patience: Annotated[int, Field(ge=0)] = 10
     factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    milestones: list[PositiveInt] = Field(default=[], description="multistep: epochs at which lr drops")
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
 
 
 class ResourcesSpec(_Strict):
@@ -116,6 +124,12 @@ class ResourcesSpec(_Strict):
 class _StageSpec(_Strict):
     epochs: PositiveInt = 200
     batch_size: PositiveInt = Field(default=32, description="Clips per process and step.")
+    global_batch_size: PositiveInt | None = Field(
+        default=None,
+        description="Clips per optimizer step over all processes, whatever the node count: sets batch_size "
+        "to global_batch_size / (nnodes x nproc_per_node x accumulate).",
+    )
+    accumulate: PositiveInt = Field(default=1, description="Steps whose gradients add up before an update.")
     num_workers: Annotated[int, Field(ge=0)] = 4
     clip: ClipSpec = ClipSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -131,6 +145,13 @@ class _StageSpec(_Strict):
     cache_dir: str | None = Field(
         default=None, description="Node-local directory (e.g. an SSD) that keeps a copy of each video read."
     )
+
+    def process_batch_size(self) -> int:
+        """Clips per process and step: `batch_size`, or the share of `global_batch_size`."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        res = self.resources
+        return self.global_batch_size // (res.nnodes * res.nproc_per_node * self.accumulate)
 
 
 class PretrainSpec(_StageSpec):
@@ -263,6 +284,7 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
             problems.append(Problem(f"pretrain.datasets[{i}]", f"{name!r} is listed twice"))
     for path, stage in spec.stages():
         res = stage.resources
+        problems += _schedule_problems(path, stage)
         if not res.gpus and stage.precision == "bf16" and stage.channels_last:
             # PyTorch's CPU kernels crash on bf16 channels_last_3d convolutions (seen with torch 2.13).
             problems.append(Problem(f"{path}.channels_last", "bf16 with channels_last needs GPUs (gpus: 0)"))
@@ -311,6 +333,39 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
                 )
             )
         earlier.append(stage.name)
+    return problems
+
+
+def _schedule_problems(path: str, stage: PretrainSpec | FinetuneSpec) -> list[Problem]:
+    problems = []
+    schedule, optimizer = stage.schedule, stage.optimizer
+    if schedule.kind == "multistep" and not schedule.milestones:
+        problems.append(
+            Problem(f"{path}.schedule.milestones", "multistep needs the epochs at which lr drops")
+        )
+    if schedule.milestones != sorted(set(schedule.milestones)):
+        problems.append(Problem(f"{path}.schedule.milestones", "must increase"))
+    if schedule.warmup_epochs >= stage.epochs:
+        problems.append(
+            Problem(f"{path}.schedule.warmup_epochs", f"must be fewer than the {stage.epochs} epochs")
+        )
+    if optimizer.nesterov and optimizer.momentum == 0:
+        problems.append(Problem(f"{path}.optimizer.nesterov", "needs momentum > 0"))
+    if stage.global_batch_size is not None:
+        res = stage.resources
+        share = res.nnodes * res.nproc_per_node * stage.accumulate
+        if "batch_size" in stage.model_fields_set:
+            problems.append(
+                Problem(f"{path}.global_batch_size", "give global_batch_size or batch_size, not both")
+            )
+        elif stage.global_batch_size % share:
+            problems.append(
+                Problem(
+                    f"{path}.global_batch_size",
+                    f"{stage.global_batch_size} clips do not divide among {res.nnodes} x "
+                    f"{res.nproc_per_node} processes x {stage.accumulate} accumulated steps",
+                )
+            )
     return problems
 
 

@@ -11,6 +11,7 @@ gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -59,8 +60,13 @@ class TrainJob:
     lr: float = 0.003
     momentum: float = 0.9
     weight_decay: float = 0.001
+    nesterov: bool = False
+    schedule: str = "plateau"  # plateau | multistep | cosine
     patience: int = 10
     factor: float = 0.1
+    milestones: tuple[int, ...] = ()
+    warmup_epochs: int = 0
+    accumulate: int = 1  # steps whose gradients add up before an update
     precision: str = "fp32"
     channels_last: bool = False
     eval_split: str = "validation"
@@ -78,6 +84,19 @@ class Rank:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def scheduled_lr(job: TrainJob, epoch: int) -> float | None:
+    """The learning rate of an epoch (from 1) where the schedule fixes it: during warm-up, and for the
+    multistep and cosine schedules; None where a plateau schedule decides from validation losses."""
+    if epoch <= job.warmup_epochs:
+        return job.lr * epoch / job.warmup_epochs
+    if job.schedule == "multistep":
+        return job.lr * job.factor ** sum(1 for milestone in job.milestones if milestone <= epoch)
+    if job.schedule == "cosine":
+        done = (epoch - 1 - job.warmup_epochs) / (job.epochs - job.warmup_epochs)
+        return job.lr * 0.5 * (1 + math.cos(math.pi * done))
+    return None
 
 
 def duration(seconds: float) -> str:
@@ -167,7 +186,7 @@ class Trainer:
         )
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
-            trainable, lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay
+            trainable, lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay, nesterov=job.nesterov
         )
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=job.factor, patience=job.patience
@@ -278,20 +297,26 @@ class Trainer:
             assert isinstance(loader.sampler, DistributedSampler)
             loader.sampler.set_epoch(epoch)
             started = time.monotonic()
+            lr = scheduled_lr(job, epoch)
+            if lr is not None:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            lr_used = self.optimizer.param_groups[0]["lr"]
             trained = self.train_epoch(loader, epoch)
             val_loss = (
                 self.validate(val_loader, len(val_windows))
                 if val_loader is not None
                 else trained["train_loss"]
             )
-            self.scheduler.step(val_loss)
+            if job.schedule == "plateau" and epoch >= job.warmup_epochs:
+                self.scheduler.step(val_loss)
             seconds = time.monotonic() - started
             record = {
                 "epoch": epoch,
                 "train_loss": trained["train_loss"],
                 "train_accuracy": trained["train_accuracy"],
                 "val_loss": val_loss,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr_used,
                 "clips_per_s": trained["clips"] / seconds,
                 "data_wait": trained["data_wait"],
                 "seconds": seconds,
@@ -328,7 +353,8 @@ class Trainer:
         for step, (clips, labels, skipped) in enumerate(loader, 1):
             totals[3] += time.monotonic() - asked
             failed += skipped.sum()
-            loss, correct = self.train_step(self.to_device(clips), self.to_device(labels))
+            update = step % self.job.accumulate == 0 or step == len(loader)
+            loss, correct = self.train_step(self.to_device(clips), self.to_device(labels), update)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
             if now - last_report > PROGRESS_EVERY_S:
@@ -350,13 +376,17 @@ class Trainer:
             "data_wait": waited / self.rank.world_size / max(seconds, 1e-9),
         }
 
-    def train_step(self, clips: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-        with self.autocast():
-            logits = self.ddp(clips)
-            loss = self.loss_fn(logits.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+    def train_step(self, clips: torch.Tensor, labels: torch.Tensor, update: bool = True) -> tuple[float, int]:
+        """Forward and backward; the optimizer steps when `update` (gradients of the steps in between add
+        up, and DDP synchronises them only once, on the updating step)."""
+        with contextlib.nullcontext() if update else self.ddp.no_sync():
+            with self.autocast():
+                logits = self.ddp(clips)
+                loss = self.loss_fn(logits.float(), labels)
+            (loss / self.job.accumulate).backward()
+        if update:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach()), int((logits.argmax(1) == labels).sum())
 
     @torch.no_grad()

@@ -54,6 +54,33 @@ MISTAKES = {
         lambda d: d["datasets"]["motion-a"]["synthetic"].update(speed=float("inf")),
         "datasets.motion-a.synthetic.speed: Input should be a finite number",
     ),
+    "multistep without milestones": (
+        lambda d: d["pretrain"]["schedule"].update(kind="multistep"),
+        "pretrain.schedule.milestones: multistep needs the epochs at which lr drops",
+    ),
+    "milestones out of order": (
+        lambda d: d["pretrain"]["schedule"].update(kind="multistep", milestones=[20, 10]),
+        "pretrain.schedule.milestones: must increase",
+    ),
+    "warm-up as long as training": (
+        lambda d: d["finetune"][0]["schedule"].update(warmup_epochs=12),
+        "finetune[0].schedule.warmup_epochs: must be fewer than the 12 epochs",
+    ),
+    "nesterov without momentum": (
+        lambda d: d["pretrain"]["optimizer"].update(nesterov=True, momentum=0),
+        "pretrain.optimizer.nesterov: needs momentum > 0",
+    ),
+    "global batch that does not divide": (
+        lambda d: (
+            d["pretrain"].update(global_batch_size=30, accumulate=2, batch_size=None)
+            or d["pretrain"].pop("batch_size")
+        ),
+        "pretrain.global_batch_size: 30 clips do not divide among 2 x 1 processes x 2 accumulated steps",
+    ),
+    "global and per-process batch": (
+        lambda d: d["pretrain"].update(global_batch_size=32),
+        "pretrain.global_batch_size: give global_batch_size or batch_size, not both",
+    ),
     "dataset twice": (
         lambda d: d["pretrain"]["datasets"].append("motion-a"),
         "pretrain.datasets[2]: 'motion-a' is listed twice",
@@ -207,3 +234,11 @@ def test_a_spec_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(SpecError, match="cannot read: not UTF-8 text"):
         load_spec(path)
+
+
+def test_a_global_batch_is_shared_by_processes_and_accumulated_steps() -> None:
+    data = quickstart_data()
+    del data["pretrain"]["batch_size"]
+    data["pretrain"].update(global_batch_size=64, accumulate=4)  # 2 nodes x 1 process
+    assert parse_spec(data).pretrain.process_batch_size() == 8
+    assert parse_spec(quickstart_data()).pretrain.process_batch_size() == 16  # batch_size as given

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from trainer.checkpoint import load_checkpoint
 from trainer.data.format import DatasetError, index_uri, load_index
 from trainer.data.synth import synthesize
 from trainer.spec import SyntheticSpec, parse_spec
-from trainer.train import Trainer, TrainJob, duration
+from trainer.train import Trainer, TrainJob, duration, scheduled_lr
 
 TINY_STAGE = {
     "epochs": 2,
@@ -339,3 +340,55 @@ def test_unreadable_videos_are_skipped_counted_and_limited(
 
 def test_durations_read_naturally() -> None:
     assert [duration(s) for s in (4.4, 185, 7620)] == ["4s", "3m05s", "2h07m"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, [None] * 6),  # plateau: validation losses decide
+        ({"warmup_epochs": 2}, [0.05, 0.1, None, None, None, None]),
+        ({"schedule": "multistep", "milestones": (3, 5)}, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]),
+        # cosine over the 4 epochs after warm-up: 0.1 * (1 + cos(pi * k / 4)) / 2, k = 0..3
+        ({"schedule": "cosine", "warmup_epochs": 2}, [0.05, 0.1, 0.1, 0.0853553, 0.05, 0.0146447]),
+    ],
+)
+def test_scheduled_learning_rates(changes: dict[str, Any], expected: list[float | None]) -> None:
+    job = TrainJob(stage="s", data_index="", out_dir="", model_name="r3d-10", epochs=6, lr=0.1, **changes)
+    rates = [scheduled_lr(job, epoch) for epoch in range(1, 7)]
+    assert rates == [pytest.approx(r, abs=1e-7) if r is not None else None for r in expected]
+
+
+def test_accumulated_steps_update_like_one_big_batch(
+    tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two half batches with accumulate=2 move the weights as one full batch does (a model without
+    BatchNorm, whose statistics would differ between the two)."""
+    world_of_one(monkeypatch)
+    torch.manual_seed(0)
+    clips, labels = torch.randn(8, 3, 4, 8, 8), torch.randint(0, 3, (8,))
+    weights = []
+    for accumulate in (1, 2):
+        job = TrainJob(
+            stage="s",
+            data_index=index_uri(tiny_dataset),
+            out_dir=str(tmp_path),
+            model_name="r3d-10",
+            accumulate=accumulate,
+        )
+        trainer = set_up(job)
+        try:
+            torch.manual_seed(1)
+            trainer.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 8 * 8, 3))
+            trainer.ddp = DistributedDataParallel(trainer.model)
+            trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.5, momentum=0.9)
+            if accumulate == 1:
+                trainer.train_step(clips, labels)
+            else:
+                trainer.train_step(clips[:4], labels[:4], update=False)
+                assert all(p.grad is not None for p in trainer.model.parameters())  # kept for the next step
+                trainer.train_step(clips[4:], labels[4:], update=True)
+            weights.append([p.detach().clone() for p in trainer.model.parameters()])
+        finally:
+            trainer.close()
+    for full, accumulated in zip(*weights, strict=True):
+        torch.testing.assert_close(accumulated, full)
