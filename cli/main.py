@@ -18,6 +18,7 @@ import typer
 
 from cli.console import DATA_ERRORS, fail, out
 from cli.data import data_app
+from cli.predict import predict
 from trainer.spec import ExperimentSpec, SpecError, load_spec, summary
 
 app = typer.Typer(
@@ -198,6 +199,9 @@ def import_model(
             1,
         )
     out.print(result.stdout.strip(), soft_wrap=True)
+
+
+app.command()(predict)
 
 
 def main() -> None:

