@@ -304,9 +304,9 @@ def test_unreadable_videos_are_skipped_counted_and_limited(
         data = bytearray(shard.read_bytes())
         data[video.offset : video.offset + video.length] = bytes(video.length)
         shard.write_bytes(bytes(data))
-    world_of_one(monkeypatch)
 
     def run(limit: float) -> Trainer:
+        world_of_one(monkeypatch)  # a fresh rendezvous port: a second process group on the first one's hangs
         job = TrainJob(
             stage="pretrain",
             data_index=index_uri(dataset),
@@ -363,11 +363,11 @@ def test_accumulated_steps_update_like_one_big_batch(
 ) -> None:
     """Two half batches with accumulate=2 move the weights as one full batch does (a model without
     BatchNorm, whose statistics would differ between the two)."""
-    world_of_one(monkeypatch)
     torch.manual_seed(0)
     clips, labels = torch.randn(8, 3, 4, 8, 8), torch.randint(0, 3, (8,))
     weights = []
     for accumulate in (1, 2):
+        world_of_one(monkeypatch)
         job = TrainJob(
             stage="s",
             data_index=index_uri(tiny_dataset),
