@@ -61,9 +61,12 @@ def predict(
         ),
     ] = False,
     frames: Annotated[
-        int, typer.Option(min=1, help="Frames per window: the clip length the model was trained on.")
-    ] = 16,
-    size: Annotated[int, typer.Option(min=1, help="Side of the model's input, in pixels.")] = 112,
+        int | None,
+        typer.Option(min=1, help="Frames per window; default: the clip length the model was trained on."),
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(min=1, help="Side of the model's input; default: as it was trained.")
+    ] = None,
     short_side: Annotated[
         int,
         typer.Option(
@@ -73,8 +76,9 @@ def predict(
 ) -> None:
     """Predict the action in a video: non-overlapping windows, centre-cropped as in evaluation, and their
     class probabilities averaged (the paper's video-level prediction)."""
-    command = [str(video), "--model", model, "--top", str(top), "--frames", str(frames)]
-    command += ["--size", str(size), "--short-side", str(short_side)]
+    command = [str(video), "--model", model, "--top", str(top), "--short-side", str(short_side)]
+    command += ["--frames", str(frames)] if frames else []
+    command += ["--size", str(size)] if size else []
     answer = run_predict(command)
     if json_output:
         typer.echo(json.dumps(answer))

@@ -1,6 +1,6 @@
 """Predict the action in one's own video with a trained mega3d checkpoint, as the paper scores a video.
 
-    python -m trainer.predict VIDEO --model URI [--top 5] [--frames 16] [--size 112] [--short-side 128]
+    python -m trainer.predict VIDEO --model URI [--top 5] [--frames F] [--size S] [--short-side 128]
 
 prints one JSON object on stdout: {"video", "model", "arch", "windows", "window_frames", "frames", "seconds",
 "top": [{"label", "score"}, ...]}; `top` entries have the reference implementation's results layout.
@@ -114,8 +114,16 @@ def batches(video: DecodedVideo, frames: int, size: int) -> Iterator[torch.Tenso
         yield torch.stack([window_clip(video, w, frames, size) for w in windows])
 
 
-def load_model(uri: str) -> tuple[nn.Module, list[str], str]:
-    """The checkpoint's model in eval mode, its class names and its architecture."""
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module  # in eval mode
+    classes: list[str]
+    arch: str
+    clip: dict[str, int]  # the clip shape it was trained on ({"frames", "size"}), when the checkpoint says
+
+
+def load_model(uri: str) -> LoadedModel:
+    """The checkpoint's model in eval mode, its class names, architecture and clip shape."""
     try:
         state = load_checkpoint(uri)
     except WeightsError as error:
@@ -147,7 +155,9 @@ def load_model(uri: str) -> tuple[nn.Module, list[str], str]:
         raise PredictError(f"{uri}: {error.args[0]}") from None
     except (WeightsError, ValueError, TypeError) as error:
         raise PredictError(f"{uri}: {error}" if uri not in str(error) else str(error)) from None
-    return model.eval(), [str(c) for c in classes], arch
+    clip = state.get("clip")
+    clip = {str(k): int(v) for k, v in clip.items()} if isinstance(clip, dict) else {}
+    return LoadedModel(model.eval(), [str(c) for c in classes], arch, clip)
 
 
 @torch.no_grad()
@@ -164,18 +174,22 @@ def video_probabilities(model: nn.Module, video: DecodedVideo, frames: int, size
 def predict(
     video_path: str,
     checkpoint_uri: str,
-    frames: int = 16,
-    size: int = 112,
+    frames: int | None = None,
+    size: int | None = None,
     short_side: int = 128,
     top: int = 5,
 ) -> dict[str, Any]:
-    """The video-level prediction: the `top` classes with their averaged window probabilities."""
+    """The video-level prediction: the `top` classes with their averaged window probabilities. Windows
+    of `frames` x `size` x `size`; by default the clip shape the checkpoint was trained on (else 16, 112)."""
     for name, value in (("frames", frames), ("size", size), ("short_side", short_side), ("top", top)):
-        if value < 1:
+        if value is not None and value < 1:
             raise PredictError(f"{name} must be at least 1, got {value}")
     if not Path(video_path).exists():  # before the checkpoint is read: a typo is reported at once
         raise PredictError(f"{video_path}: no such file")
-    model, classes, arch = load_model(checkpoint_uri)
+    loaded = load_model(checkpoint_uri)
+    model, classes, arch = loaded.model, loaded.classes, loaded.arch
+    frames = frames or int(loaded.clip.get("frames", 16))
+    size = size or int(loaded.clip.get("size", 112))
     video = decode_video(video_path, short_side)
     probabilities = video_probabilities(model, video, frames, size)
     order = np.argsort(-probabilities.numpy(), kind="stable")[:top]
@@ -200,8 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("video")
     parser.add_argument("-m", "--model", required=True, help="mega3d checkpoint: path or fsspec URI")
     parser.add_argument("--top", type=int, default=5)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--frames", type=int, help="default: as trained (the checkpoint's clip), else 16")
+    parser.add_argument("--size", type=int, help="default: as trained (the checkpoint's clip), else 112")
     parser.add_argument("--short-side", type=int, default=128)
     args = parser.parse_args(argv)
     try:

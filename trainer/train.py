@@ -465,6 +465,7 @@ class Trainer:
                 "model_options": self.job.model_options,
                 "n_classes": len(self.classes),
                 "classes": self.classes,
+                "clip": {"frames": self.job.clip_frames, "size": self.job.clip_size},  # for predictions
                 "state_dict": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),

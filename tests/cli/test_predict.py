@@ -250,3 +250,21 @@ def test_the_cli_module_does_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_windows_default_to_the_clip_the_model_was_trained_on(
+    tiny: tuple[Path, nn.Module], tmp_path: Path
+) -> None:
+    path = tmp_path / "trained.pth"
+    save_checkpoint(str(path), {**tiny_state(tiny[1], CLASSES), "clip": {"frames": 40, "size": 32}})
+    result = mega3d("predict", str(real_video()), "--model", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert (answer["window_frames"], answer["windows"]) == (40, 3)  # 120 frames
+    expected = expected_scores(real_video(), tiny[1], frames=40, size=32, short_side=128)
+    for entry in answer["top"]:
+        assert entry["score"] == pytest.approx(expected[CLASSES.index(entry["label"])], abs=1e-5)
+    given = json.loads(
+        mega3d("predict", str(real_video()), "--model", str(path), "--json", "--frames", "60").stdout
+    )
+    assert (given["window_frames"], given["windows"]) == (60, 2)  # what is given wins

@@ -111,6 +111,7 @@ def test_training_writes_a_reference_layout_checkpoint_and_metrics(pretrained: t
     state = load_checkpoint(str(tmp_path / "pretrain" / "checkpoint.pt"))
     assert {"epoch", "arch", "state_dict", "optimizer", "scheduler"} <= set(state)
     assert (state["epoch"], state["arch"]) == (2, "r3d-10")
+    assert state["clip"] == {"frames": 4, "size": 16}  # what `mega3d predict` cuts windows to
     assert "layer1.0.conv1.weight" in state["state_dict"]
 
     metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
