@@ -130,6 +130,15 @@ class _StageSpec(_Strict):
         "to global_batch_size / (nnodes x nproc_per_node x accumulate).",
     )
     accumulate: PositiveInt = Field(default=1, description="Steps whose gradients add up before an update.")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Seeds weights, clip sampling and augmentation."
+    )
+    checkpoint_every: PositiveInt = Field(
+        default=1, description="Epochs between checkpoints (and the last one)."
+    )
+    keep_checkpoints: PositiveInt = Field(
+        default=2, description="How many of the newest epoch checkpoints to keep."
+    )
     num_workers: Annotated[int, Field(ge=0)] = 4
     clip: ClipSpec = ClipSpec()
     optimizer: OptimizerSpec = OptimizerSpec()

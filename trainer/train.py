@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import socket
 import sys
 import time
@@ -28,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from trainer import storage
-from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.checkpoint import load_checkpoint, load_latest, save_checkpoint, save_epoch
 from trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from trainer.data.format import DatasetError, DatasetIndex, load_index
 from trainer.evaluate import RankShare, summarize, top_predictions
@@ -67,6 +68,9 @@ class TrainJob:
     milestones: tuple[int, ...] = ()
     warmup_epochs: int = 0
     accumulate: int = 1  # steps whose gradients add up before an update
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs
+    keep_checkpoints: int = 2
     precision: str = "fp32"
     channels_last: bool = False
     eval_split: str = "validation"
@@ -169,6 +173,9 @@ class Trainer:
     def setup(self) -> None:
         job = self.job
         self.rank = init_distributed()
+        random.seed(job.seed + self.rank.rank)
+        torch.manual_seed(job.seed + self.rank.rank)
+        self.step = 0  # optimizer updates so far
         self.ranks = gather({"rank": self.rank.rank, "pid": os.getpid(), "host": socket.gethostname()})
         self.index: DatasetIndex = load_index(job.data_index)
         if self.index.multi_label:
@@ -222,16 +229,24 @@ class Trainer:
         return model
 
     def _resume(self) -> None:
-        """A restarted job (Volcano restarts every pod on any failure) continues after its last epoch."""
-        if not storage.exists(self.checkpoint_uri):
+        """A restarted job (Volcano restarts every pod on any failure) continues after the newest epoch
+        checkpoint, as if it had not stopped: weights, optimizer, schedule, step and every rank's random
+        state (so the next epoch samples the clips and augmentations it would have)."""
+        state = load_latest(self.job.out_dir)
+        if state is None:
             return
-        state = load_checkpoint(self.checkpoint_uri)
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = json.loads(state["history"])
         self.start_epoch = int(state["epoch"]) + 1
-        self.log(f"resuming after epoch {state['epoch']} from {self.checkpoint_uri}")
+        self.step = int(state["step"])
+        rng = state["rng"]
+        if len(rng) == self.rank.world_size:  # the same world: each rank continues its own sequence
+            python_state, torch_state = rng[self.rank.rank]
+            random.setstate(python_state)
+            torch.set_rng_state(torch_state)
+        self.log(f"resuming after epoch {state['epoch']} (step {self.step}) from {self.job.out_dir}")
 
     def _loader(
         self, dataset: Dataset[Any], batch_size: int, shuffle: bool, drop_last: bool = False
@@ -332,6 +347,7 @@ class Trainer:
                 f"{record['clips_per_s']:.0f} clips/s  data wait {record['data_wait']:.0%}  {seconds:.1f}s  "
                 f"ETA {duration(eta)}"
             )
+        self.save_final()
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.dim() == 5 and self.job.channels_last:
@@ -387,6 +403,7 @@ class Trainer:
         if update:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
         return float(loss.detach()), int((logits.argmax(1) == labels).sum())
 
     @torch.no_grad()
@@ -454,24 +471,36 @@ class Trainer:
         }
 
     # ---- persistence -------------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        """The stage as a checkpoint: the reference's fields, mega3d's, and what resuming needs."""
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "arch": self.job.model_name,
+            "model_options": self.job.model_options,
+            "n_classes": len(self.classes),
+            "classes": self.classes,
+            "clip": {"frames": self.job.clip_frames, "size": self.job.clip_size},  # for predictions
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": json.dumps(self.history),
+        }
+
     def save(self, epoch: int) -> None:
-        if not self.rank.is_main:
+        """Every `checkpoint_every` epochs and after the last, a verified epoch checkpoint (with every
+        rank's random state: a collective, so all ranks call it)."""
+        job = self.job
+        if epoch % job.checkpoint_every and epoch != job.epochs:
             return
-        save_checkpoint(
-            self.checkpoint_uri,
-            {
-                "epoch": epoch,
-                "arch": self.job.model_name,
-                "model_options": self.job.model_options,
-                "n_classes": len(self.classes),
-                "classes": self.classes,
-                "clip": {"frames": self.job.clip_frames, "size": self.job.clip_size},  # for predictions
-                "state_dict": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "history": json.dumps(self.history),
-            },
-        )
+        rng = gather((random.getstate(), torch.get_rng_state()))
+        if self.rank.is_main:
+            save_epoch(job.out_dir, epoch, {**self.state(epoch), "rng": rng}, job.keep_checkpoints)
+
+    def save_final(self) -> None:
+        """The stage's trained model, which later stages and evaluation start from."""
+        if self.rank.is_main:
+            save_checkpoint(self.checkpoint_uri, self.state(self.job.epochs))
 
     def write_metrics(self, evaluation: dict[str, Any], seconds: float, checkpoint: str) -> dict[str, Any]:
         metrics = {

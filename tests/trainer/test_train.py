@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
 from trainer.data.format import DatasetError, index_uri, load_index
 from trainer.data.synth import synthesize
 from trainer.spec import SyntheticSpec, parse_spec
@@ -393,3 +394,87 @@ def test_accumulated_steps_update_like_one_big_batch(
             trainer.close()
     for full, accumulated in zip(*weights, strict=True):
         torch.testing.assert_close(accumulated, full)
+
+
+def run_to(job: TrainJob, monkeypatch: pytest.MonkeyPatch) -> Trainer:
+    world_of_one(monkeypatch)
+    trainer = set_up(job)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return trainer
+
+
+def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
+    tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four epochs straight, against two epochs, a stop, and a restart of the same job: the same learning
+    rates, steps, losses and weights (the random state of clip sampling and augmentation is restored)."""
+    fields: dict[str, Any] = {
+        "stage": "pretrain",
+        "data_index": index_uri(tiny_dataset),
+        "model_name": "r3d-10",
+        "model_options": {"widen_factor": 0.125},
+        "batch_size": 4,
+        "clip_frames": 4,
+        "clip_size": 16,
+        "seed": 3,
+        "schedule": "multistep",
+        "milestones": (3,),
+        "lr": 0.05,
+    }
+    straight = run_to(TrainJob(out_dir=str(tmp_path / "straight"), epochs=4, **fields), monkeypatch)
+    run_to(TrainJob(out_dir=str(tmp_path / "stopped"), epochs=4, **fields, checkpoint_every=2), monkeypatch)
+    # The stopped run is the same job: cut its checkpoints back to epoch 2, as if it had died in epoch 3.
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    (checkpoints / "epoch-00004.pt").unlink()
+    pointer = json.loads((checkpoints / "latest.json").read_text())
+    assert pointer["file"] == "epoch-00004.pt"
+    two = (checkpoints / "epoch-00002.pt").read_bytes()
+    (checkpoints / "latest.json").write_text(
+        json.dumps({"epoch": 2, "file": "epoch-00002.pt", "sha256": hashlib.sha256(two).hexdigest()})
+    )
+    resumed = run_to(
+        TrainJob(out_dir=str(tmp_path / "stopped"), epochs=4, **fields, checkpoint_every=2), monkeypatch
+    )
+    assert resumed.start_epoch == 3 and resumed.step == straight.step
+    for key in ("lr", "train_loss", "val_loss"):
+        assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in straight.history]), key
+    assert [h["lr"] for h in straight.history] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value)
+
+
+def test_epoch_checkpoints_are_verified_kept_few_and_found_through_their_pointer(
+    tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = TrainJob(
+        stage="pretrain",
+        data_index=index_uri(tiny_dataset),
+        out_dir=str(tmp_path),
+        model_name="r3d-10",
+        model_options={"widen_factor": 0.125},
+        batch_size=4,
+        clip_frames=4,
+        clip_size=16,
+        epochs=3,
+        keep_checkpoints=2,
+    )
+    run_to(job, monkeypatch)
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "epoch-00002.pt",
+        "epoch-00003.pt",
+        "latest.json",
+    ]
+    assert load_latest(str(tmp_path))["epoch"] == 3  # type: ignore[index]
+    # A file written after the pointer last moved (a stop mid-write) is not looked at.
+    (checkpoints / "epoch-00004.pt").write_bytes(b"half a checkp")
+    assert load_latest(str(tmp_path))["epoch"] == 3  # type: ignore[index]
+    # A file that no longer matches its pointer is refused, not trained from.
+    data = bytearray((checkpoints / "epoch-00003.pt").read_bytes())
+    data[-10] ^= 0xFF
+    (checkpoints / "epoch-00003.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"epoch-00003\.pt: its bytes do not match"):
+        load_latest(str(tmp_path))

@@ -40,13 +40,19 @@ def read_state(source: Source) -> dict[str, Any]:
     if isinstance(source, Mapping):
         return dict(source)
     uri = os.fspath(source)
-    data = storage.read_bytes(uri)
+    return parse_state(storage.read_bytes(uri), uri)
+
+
+def parse_state(data: bytes, where: str) -> dict[str, Any]:
+    """A checkpoint's top-level mapping from its bytes, unpickling plain tensors and containers only."""
     try:
         loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler raises many kinds on bad bytes; all mean "not a checkpoint"
-        raise WeightsError(f"{uri}: refused: not a checkpoint of plain tensors ({_reason(error)})") from None
+        raise WeightsError(
+            f"{where}: refused: not a checkpoint of plain tensors ({_reason(error)})"
+        ) from None
     if not isinstance(loaded, dict):
-        raise WeightsError(f"{uri}: expected a mapping at the top level, found {type(loaded).__name__}")
+        raise WeightsError(f"{where}: expected a mapping at the top level, found {type(loaded).__name__}")
     return loaded
 
 
