@@ -39,6 +39,27 @@ def _stream(runner: Runner, handle: str, role: str, replica: int, prefix: str) -
 
 
 def launch(app: AppDef, scheduler: str, cfg: dict[str, str] | None = None) -> None:
+    """Run the app to its end; fail with LaunchError if it does not succeed.
+
+    A scheduler that retries failed jobs (Volcano on Kubernetes) restarts the whole job itself, up to the
+    roles' `max_retries`. TorchX's local scheduler does not, so locally the launcher does the same: a job
+    that fails (a node's process died) is started again, and training resumes from its latest checkpoint.
+    """
+    retries = max((role.max_retries for role in app.roles), default=0) if scheduler == LOCAL_SCHEDULER else 0
+    for attempt in range(retries + 1):
+        handle, state = _run(app, scheduler, cfg)
+        if state == AppState.SUCCEEDED:
+            return
+        if attempt < retries:
+            print(
+                f"{handle} ended {state.name}: starting it again ({retries - attempt} retries left)",
+                flush=True,
+            )
+    raise LaunchError(f"{app.name}: TorchX job {handle} ended {state.name}")
+
+
+def _run(app: AppDef, scheduler: str, cfg: dict[str, str] | None) -> tuple[str, AppState]:
+    """Submit the app once, stream every replica's log, wait: its handle and final state."""
     if scheduler == LOCAL_SCHEDULER:
         # local_cwd starts `torchrun` from PATH: use the one beside this interpreter.
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -69,6 +90,4 @@ def launch(app: AppDef, scheduler: str, cfg: dict[str, str] | None = None) -> No
             thread.join(timeout=10)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    state = status.state if status is not None else AppState.UNKNOWN
-    if state != AppState.SUCCEEDED:
-        raise LaunchError(f"{app.name}: TorchX job {handle} ended {state.name}")
+    return handle, status.state if status is not None else AppState.UNKNOWN

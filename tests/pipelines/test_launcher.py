@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import sys
+from pathlib import Path
 
 import pytest
 from torchx import specs
@@ -10,13 +11,14 @@ from pipelines.launcher import LaunchError, launch
 from pipelines.local import ExecutorLogFilter
 
 
-def python_app(name: str, code: str, replicas: int = 1) -> specs.AppDef:
+def python_app(name: str, code: str, replicas: int = 1, max_retries: int = 0) -> specs.AppDef:
     role = specs.Role(
         name="worker",
         image="unused",
         entrypoint=sys.executable,
         args=["-c", code, specs.macros.replica_id],
         num_replicas=replicas,
+        max_retries=max_retries,
     )
     return specs.AppDef(name=name, roles=[role])
 
@@ -30,6 +32,24 @@ def test_launch_streams_every_replicas_log(capsys: pytest.CaptureFixture[str]) -
 def test_a_failed_job_fails_the_step() -> None:
     with pytest.raises(LaunchError, match=r"TorchX job local_cwd://.* ended FAILED"):
         launch(python_app("boom", "raise SystemExit(3)"), "local_cwd")
+
+
+def test_a_failed_local_job_is_started_again_up_to_its_retries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TorchX's local scheduler retries nothing; the launcher restarts the job as Volcano would."""
+    attempts = tmp_path / "attempts"
+    code = (
+        f"import pathlib, sys; f = pathlib.Path({str(attempts)!r}); "
+        "n = len(f.read_text()) if f.exists() else 0; f.write_text('x' * (n + 1)); "
+        "print('attempt', n + 1); sys.exit(0 if n + 1 == 2 else 1)"
+    )
+    launch(python_app("flaky", code, max_retries=2), "local_cwd")
+    assert attempts.read_text() == "xx" and "starting it again (2 retries left)" in capsys.readouterr().out
+    attempts.unlink()
+    with pytest.raises(LaunchError, match="ended FAILED"):
+        launch(python_app("broken", code.replace("n + 1 == 2", "False"), max_retries=1), "local_cwd")
+    assert attempts.read_text() == "xx"  # the first run and one retry
 
 
 def test_executor_noise_is_filtered_and_step_output_kept() -> None:

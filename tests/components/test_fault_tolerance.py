@@ -1,0 +1,141 @@
+"""A node dies mid-training: the job restarts its workers and resumes from the latest checkpoint.
+
+Two "nodes" on TorchX local_cwd (one torchrun each, real DDP over gloo). The training process of node 1 is
+killed (SIGKILL, as a lost machine would leave it) after an epoch checkpoint; torchrun restarts the worker
+group on both nodes, training resumes from that checkpoint, and the stage ends as an uninterrupted run with
+the same seed does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.train import trainer
+from pipelines.launcher import free_port, launch
+from trainer.data.format import index_uri
+from trainer.data.synth import synthesize
+from trainer.spec import SyntheticSpec, parse_spec
+
+STAGE = {
+    "epochs": 5,
+    "batch_size": 4,
+    "num_workers": 0,
+    "seed": 5,
+    "clip": {"frames": 4, "size": 16, "flip": False},
+    "optimizer": {"lr": 0.05},
+    "resources": {"nnodes": 2, "nproc_per_node": 1, "cpu": 1},
+    "max_retries": 1,
+}
+
+
+def train_stage(spec: Path, dataset: str, out: Path) -> None:
+    app = trainer(
+        "train",
+        "--spec",
+        str(spec),
+        "--stage",
+        "pretrain",
+        "--data-index",
+        index_uri(dataset),
+        "--out",
+        str(out),
+        name="ft-test",
+        nnodes=2,
+        nproc_per_node=1,
+        cpu=1,
+        max_retries=1,
+        rdzv_port=free_port(),
+    )
+    launch(app, "local_cwd", {"log_dir": str(out / "logs")})
+
+
+def training_process_of_rank(rank: int, out: Path) -> int | None:
+    """The pid of `python -m trainer train ... --out OUT` running as `rank`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        if b"trainer" in command and str(out).encode() in command and f"RANK={rank}".encode() in environment:
+            return int(entry.name)
+    return None
+
+
+def latest_epoch(out: Path) -> int:
+    try:
+        return int(json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_a_killed_node_costs_at_most_one_checkpoint_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = str(tmp_path / "data")
+    synthesize(dataset, SyntheticSpec(classes=3, videos_per_class=8, frames=12, size=24, seed=4))
+    spec = parse_spec(
+        {
+            "name": "faults",
+            "storage": str(tmp_path),
+            "datasets": {"motion": {"uri": dataset}},
+            "model": {"name": "r3d-10", "widen_factor": 0.125},
+            "pretrain": {"datasets": ["motion"], **STAGE},
+            "finetune": [{"name": "tuned", "dataset": "motion"}],
+        }
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json())
+
+    train_stage(spec_file, dataset, tmp_path / "straight")
+    capsys.readouterr()
+
+    interrupted = tmp_path / "interrupted"
+    killed_after: list[int] = []
+
+    def kill_node_1_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if latest_epoch(interrupted) >= 2:
+                pid = training_process_of_rank(1, interrupted)
+                if pid is not None:
+                    killed_after.append(latest_epoch(interrupted))
+                    os.kill(pid, signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_node_1_after_a_checkpoint, daemon=True)
+    killer.start()
+    train_stage(spec_file, dataset, interrupted)  # the launcher handles signals: the main thread runs it
+    killer.join(timeout=1)
+    assert killed_after and 2 <= killed_after[0] < STAGE["epochs"], "node 1 was not killed during training"
+    log = capsys.readouterr().out
+    resumed = [line for line in log.splitlines() if "resuming after epoch" in line]
+    assert len(resumed) == 1, log[-3000:]
+    resumed_after = int(resumed[0].split("resuming after epoch ")[1].split()[0])
+    assert resumed_after >= killed_after[0]  # nothing before the last checkpoint was lost
+
+    def metrics(out: Path) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads((out / "metrics.json").read_text())
+        return result
+
+    straight, recovered = metrics(tmp_path / "straight"), metrics(interrupted)
+    assert [h["epoch"] for h in recovered["history"]] == list(range(1, STAGE["epochs"] + 1))
+    assert recovered["world_size"] == 2
+    for key in ("train_loss", "val_loss", "lr"):
+        assert [h[key] for h in recovered["history"]] == pytest.approx(
+            [h[key] for h in straight["history"]], rel=1e-4
+        ), key
+    for key in ("clip_accuracy", "video_top1", "video_top5"):
+        assert recovered[key] == pytest.approx(straight[key], abs=1e-6), key
