@@ -20,7 +20,8 @@ TRAINED_METRICS = (
     "clip_accuracy",
     "video_top1",
     "video_top5",
-    "mean_class_accuracy",
+    "mean_class_accuracy",  # single-label datasets
+    "mAP",  # multi-label datasets
     "n_videos",
     "n_clips",
     "world_size",
@@ -142,7 +143,8 @@ def _run_trainer(
 
 def _log_metrics(metrics: MetricsLike, result: dict[str, Any]) -> None:
     for key in TRAINED_METRICS:
-        metrics.log_metric(key, float(result[key]))
+        if key in result:
+            metrics.log_metric(key, float(result[key]))
 
 
 def train(

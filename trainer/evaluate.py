@@ -56,6 +56,40 @@ def summarize(
     }
 
 
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Non-interpolated average precision: the mean, over the positives, of the precision at each one's
+    rank when the videos are ranked by score."""
+    hits = positives[np.argsort(-scores, kind="stable")]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())
+
+
+def summarize_multi_label(
+    video_prob_sums: np.ndarray, window_counts: np.ndarray, clip_correct: int, video_targets: np.ndarray
+) -> dict[str, Any]:
+    """Metrics of a multi-label evaluation from per-video sums of (sigmoid) class probabilities and the
+    videos' multi-hot targets: mAP over the classes that have videos (per class in `per_class_ap`, None
+    for one without), and top-1 / top-5 hit rates (a video's top classes include one of its labels)."""
+    video_probs = video_prob_sums / np.maximum(window_counts, 1)[:, None]
+    ranked = np.argsort(-video_probs, axis=1, kind="stable")
+    hits = np.take_along_axis(video_targets, ranked, axis=1)
+    present = np.asarray(video_targets.any(axis=0))
+    per_class = [
+        average_precision(video_probs[:, c], video_targets[:, c]) if present[c] else None
+        for c in range(video_targets.shape[1])
+    ]
+    n_clips = int(window_counts.sum())
+    return {
+        "clip_accuracy": clip_correct / n_clips,
+        "video_top1": float(hits[:, :1].any(axis=1).mean()),
+        "video_top5": float(hits[:, :5].any(axis=1).mean()),
+        "mAP": float(np.mean([ap for ap in per_class if ap is not None])),
+        "per_class_ap": per_class,
+        "n_clips": n_clips,
+        "n_videos": len(video_targets),
+    }
+
+
 def top_predictions(video_probs: np.ndarray, classes: list[str], top: int = 5) -> list[list[dict[str, Any]]]:
     """Per video, its `top` classes with their probabilities, best first: the entries of the reference's
     results JSON (`{"results": {video id: [{"label", "score"}, ...]}}`)."""

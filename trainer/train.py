@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from trainer import storage
 from trainer.checkpoint import load_checkpoint, load_latest, save_checkpoint, save_epoch
 from trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from trainer.data.format import DatasetError, DatasetIndex, load_index
-from trainer.evaluate import RankShare, summarize, top_predictions
+from trainer.evaluate import RankShare, summarize, summarize_multi_label, top_predictions
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE
 from trainer.model_catalog import canonical_name
 from trainer.models import build_model, load_weights
@@ -178,8 +179,6 @@ class Trainer:
         self.step = 0  # optimizer updates so far
         self.ranks = gather({"rank": self.rank.rank, "pid": os.getpid(), "host": socket.gethostname()})
         self.index: DatasetIndex = load_index(job.data_index)
-        if self.index.multi_label:
-            raise DatasetError(f"{job.data_index}: multi-label datasets cannot be trained on yet")
         self.classes = self.index.classes
         self.unreadable = 0
         self.model = self._build_model().to(self.rank.device)
@@ -198,7 +197,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=job.factor, patience=job.patience
         )
-        self.loss_fn = nn.CrossEntropyLoss()
+        # Multi-label data (several tags per video, e.g. HVU): one sigmoid per class.
+        self.loss_fn = nn.BCEWithLogitsLoss() if self.index.multi_label else nn.CrossEntropyLoss()
         self._resume()
         members = ", ".join(f"rank {r['rank']} pid {r['pid']}" for r in self.ranks)
         self.log(
@@ -404,7 +404,14 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-        return float(loss.detach()), int((logits.argmax(1) == labels).sum())
+        return float(loss.detach()), self.top1_hits(logits, labels)
+
+    def top1_hits(self, scores: torch.Tensor, labels: torch.Tensor) -> int:
+        """Clips whose top class is their label (multi-label: one of their labels)."""
+        top = scores.argmax(1)
+        if self.index.multi_label:
+            return int(labels.gather(1, top[:, None]).sum())
+        return int((top == labels).sum())
 
     @torch.no_grad()
     def validate(self, loader: DataLoader[Any], n_windows: int) -> float:
@@ -417,7 +424,7 @@ class Trainer:
                 continue
             with self.autocast():
                 logits = self.model(self.to_device(clips)).float()
-            loss = nn.functional.cross_entropy(logits, self.to_device(labels), reduction="sum")
+            loss = self.loss_fn(logits, self.to_device(labels)) * len(labels)  # summed over clips
             totals += torch.tensor([float(loss), len(labels)], dtype=torch.float64)
         dist.all_reduce(totals)
         self.count_unreadable(failed, n_windows, "validation")
@@ -446,28 +453,36 @@ class Trainer:
                 continue
             with self.autocast():
                 logits = self.model(self.to_device(clips))
-            probs = torch.softmax(logits.float(), dim=1).double().cpu()
+            to_probabilities = torch.sigmoid if self.index.multi_label else partial(torch.softmax, dim=1)
+            probs = to_probabilities(logits.float()).double().cpu()
             sums.index_add_(0, numbers, probs)
             counts.index_add_(0, numbers, torch.ones(len(numbers), dtype=torch.float64))
-            correct += (probs.argmax(1) == labels).sum()
+            correct += self.top1_hits(probs, labels)
         for total in (sums, counts, correct):
             dist.all_reduce(total)
         self.count_unreadable(failed, len(windows), f"the {split} split")
         read = counts.numpy() > 0
         rows = windows.rows[read]
         video_sums, video_counts = sums.numpy()[read], counts.numpy()[read]
-        metrics = summarize(video_sums, video_counts, int(correct.item()), self.index.single_labels()[rows])
+        if self.index.multi_label:
+            targets = self.index.multi_hot(rows)
+            metrics = summarize_multi_label(video_sums, video_counts, int(correct.item()), targets)
+        else:
+            metrics = summarize(
+                video_sums, video_counts, int(correct.item()), self.index.single_labels()[rows]
+            )
         if self.rank.is_main:
             ids = [video_id.decode() for video_id in self.index.columns["id"][rows].tolist()]
             predictions = top_predictions(video_sums / video_counts[:, None], self.classes)
             results = {"results": dict(zip(ids, predictions, strict=True))}
             storage.write_json(storage.join(job.out_dir, RESULTS_FILE), results)
-        per_class = zip(self.classes, metrics.pop("per_class_accuracy"), strict=True)
+        per_class_key = "per_class_ap" if self.index.multi_label else "per_class_accuracy"
+        per_class = zip(self.classes, metrics.pop(per_class_key), strict=True)
         return {
             "split": split,
             "unreadable": self.unreadable,
             **metrics,
-            "per_class_accuracy": {name: accuracy for name, accuracy in per_class if accuracy is not None},
+            per_class_key: {name: value for name, value in per_class if value is not None},
         }
 
     # ---- persistence -------------------------------------------------------------------------------

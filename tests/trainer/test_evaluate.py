@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.evaluate import RankShare, summarize, top_predictions
+from trainer.evaluate import RankShare, average_precision, summarize, summarize_multi_label, top_predictions
 
 
 def test_video_accuracy_averages_window_probabilities() -> None:
@@ -45,3 +45,23 @@ def test_top_predictions_follow_the_reference_results_layout() -> None:
         [{"label": "b", "score": 0.7}, {"label": "c", "score": 0.2}],
         [{"label": "a", "score": 0.5}, {"label": "c", "score": 0.3}],
     ]
+
+
+def test_average_precision_by_hand() -> None:
+    # Ranked by score: positive, negative, positive, negative -> precisions 1/1 and 2/3 at the positives.
+    scores = np.array([0.9, 0.8, 0.7, 0.1])
+    assert average_precision(scores, np.array([True, False, True, False])) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(scores, np.array([False, False, False, True])) == pytest.approx(1 / 4)
+
+
+def test_multi_label_metrics_by_hand() -> None:
+    # Two videos, three classes; video 0 has labels {0, 2}, video 1 has {1}.
+    sums = np.array([[0.9, 0.2, 0.4], [0.6, 0.5, 0.1]])
+    targets = np.array([[True, False, True], [False, True, False]])
+    result = summarize_multi_label(sums, np.ones(2), clip_correct=1, video_targets=targets)
+    assert (result["video_top1"], result["video_top5"]) == (0.5, 1.0)  # video 1 ranks class 1 second
+    # class 0: ranked v0 (pos), v1 -> AP 1; class 1: ranked v1 (pos) first -> 1; class 2: v0 first -> 1
+    assert result["per_class_ap"] == [1.0, 1.0, 1.0] and result["mAP"] == 1.0
+    worse = summarize_multi_label(sums[:, [1, 0, 2]], np.ones(2), 0, targets)  # classes 0 and 1 swapped
+    assert worse["per_class_ap"] == [pytest.approx(0.5), pytest.approx(0.5), 1.0]
+    assert worse["mAP"] == pytest.approx(2 / 3)

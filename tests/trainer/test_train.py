@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
-from trainer.data.format import DatasetError, index_uri, load_index
+from trainer.data.format import ClipReader, DatasetError, index_uri, load_index
 from trainer.data.synth import synthesize
+from trainer.data.writer import ShardWriter, finish, jpeg_frames, start
 from trainer.spec import SyntheticSpec, parse_spec
 from trainer.train import Trainer, TrainJob, duration, scheduled_lr
 
@@ -478,3 +480,44 @@ def test_epoch_checkpoints_are_verified_kept_few_and_found_through_their_pointer
     (checkpoints / "epoch-00003.pt").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"epoch-00003\.pt: its bytes do not match"):
         load_latest(str(tmp_path))
+
+
+def test_multi_label_datasets_train_with_sigmoids_and_report_map(
+    tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny dataset's videos again, each with its direction plus, for every other video, a second tag."""
+    source = load_index(index_uri(tiny_dataset))
+    reader = ClipReader(source)
+    uri = str(tmp_path / "tags")
+    start(uri, {"test": 1})
+    writer = ShardWriter(uri, n_classes=4)
+    for row, video in enumerate(source.videos()):
+        labels = [video.label, 3] if row % 2 else [video.label]
+        frames = jpeg_frames(reader.frames(row, 0, video.frames))
+        writer.add(row, video.id, labels, video.split, frames, video.height, video.width, video.fps)
+    writer.flush()
+    finish(uri, [*source.classes, "tagged"], multi_label=True)
+    job = TrainJob(
+        stage="tags",
+        data_index=index_uri(uri),
+        out_dir=str(tmp_path / "out"),
+        model_name="r3d-10",
+        model_options={"widen_factor": 0.125},
+        batch_size=4,
+        clip_frames=4,
+        clip_size=16,
+        epochs=2,
+    )
+    trained = run_to(job, monkeypatch)
+    assert isinstance(trained.loss_fn, torch.nn.BCEWithLogitsLoss)
+    assert all(h["train_loss"] > 0 and 0 <= h["train_accuracy"] <= 1 for h in trained.history)
+    world_of_one(monkeypatch)
+    evaluator = set_up(replace(job, init_checkpoint=str(tmp_path / "out" / "checkpoint.pt")))
+    try:
+        metrics = evaluator.evaluate("validation")
+    finally:
+        evaluator.close()
+    assert 0 < metrics["mAP"] <= 1 and set(metrics["per_class_ap"]) <= {*source.classes, "tagged"}
+    assert metrics["n_videos"] == len(source.rows("validation"))
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert len(results) == metrics["n_videos"] and all(len(entries) == 4 for entries in results.values())

@@ -128,6 +128,19 @@ class DatasetIndex:
             raise DatasetError("the dataset is multi-label: videos have several labels")
         return self.columns["label"]
 
+    def multi_hot(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), classes) booleans: which labels each of the videos has."""
+        start = self.columns["label_start"]
+        counts = start[1:][rows] - start[:-1][rows]
+        hot = np.zeros((len(rows), len(self.classes)), dtype=bool)
+        positions = (
+            np.repeat(start[:-1][rows], counts)
+            + np.arange(int(counts.sum()))
+            - np.repeat(np.cumsum(counts) - counts, counts)
+        )
+        hot[np.repeat(np.arange(len(rows)), counts), self.columns["label"][positions]] = True
+        return hot
+
     def video(self, row: int) -> Video:
         c = self.columns
         return Video(
