@@ -48,6 +48,8 @@ def build_job(
         warmup_epochs=stage.schedule.warmup_epochs,
         precision=stage.precision,
         channels_last=stage.channels_last,
+        compile=stage.compile,
+        sync_batchnorm=stage.sync_batchnorm,
         eval_split=spec.evaluation.split,
         eval_batch_size=spec.evaluation.batch_size,
         cache_dir=stage.cache_dir,

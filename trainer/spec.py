@@ -147,6 +147,10 @@ class _StageSpec(_Strict):
     max_retries: Annotated[int, Field(ge=0)] = 0
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (for GPUs)")
     channels_last: bool = Field(default=False, description="channels_last_3d memory format (for GPUs)")
+    compile: bool = Field(
+        default=False, description="torch.compile the training step (minutes of compiling)."
+    )
+    sync_batchnorm: bool = Field(default=False, description="BatchNorm statistics over all GPUs (GPUs only).")
     max_unreadable: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.01,
         description="Fraction of clips that may fail to decode (skipped, counted) before the run stops.",
@@ -297,6 +301,8 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
         if not res.gpus and stage.precision == "bf16" and stage.channels_last:
             # PyTorch's CPU kernels crash on bf16 channels_last_3d convolutions (seen with torch 2.13).
             problems.append(Problem(f"{path}.channels_last", "bf16 with channels_last needs GPUs (gpus: 0)"))
+        if stage.sync_batchnorm and not res.gpus:
+            problems.append(Problem(f"{path}.sync_batchnorm", "SyncBatchNorm needs GPUs (gpus: 0)"))
         if res.gpus and res.nproc_per_node > res.gpus:
             problems.append(
                 Problem(

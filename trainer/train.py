@@ -74,6 +74,8 @@ class TrainJob:
     keep_checkpoints: int = 2
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False  # torch.compile the training step
+    sync_batchnorm: bool = False  # GPUs only
     eval_split: str = "validation"
     eval_batch_size: int = 32
     cache_dir: str | None = None
@@ -185,11 +187,17 @@ class Trainer:
         if job.channels_last:
             # Module.to's type stubs omit memory_format, which it accepts.
             self.model = self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+        if job.sync_batchnorm:  # before freezing: frozen BatchNorm modules must be the ones that run
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.frozen = freeze_before(self.model, job.train_from) if job.train_from else []
         on_gpu = self.rank.device.type == "cuda"
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True  # clips have one shape: pick the fastest kernels once
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.rank.device.index] if on_gpu else None
         )
+        # What a training step calls; compiled, it is still the DDP module underneath (no_sync, state).
+        self.step_model: nn.Module = torch.compile(self.ddp) if job.compile else self.ddp  # type: ignore[assignment]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             trainable, lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay, nesterov=job.nesterov
@@ -397,7 +405,7 @@ class Trainer:
         up, and DDP synchronises them only once, on the updating step)."""
         with contextlib.nullcontext() if update else self.ddp.no_sync():
             with self.autocast():
-                logits = self.ddp(clips)
+                logits = self.step_model(clips)
                 loss = self.loss_fn(logits.float(), labels)
             (loss / self.job.accumulate).backward()
         if update:

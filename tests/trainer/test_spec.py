@@ -54,6 +54,10 @@ MISTAKES = {
         lambda d: d["datasets"]["motion-a"]["synthetic"].update(speed=float("inf")),
         "datasets.motion-a.synthetic.speed: Input should be a finite number",
     ),
+    "SyncBatchNorm on CPU": (
+        lambda d: d["pretrain"].update(sync_batchnorm=True),
+        "pretrain.sync_batchnorm: SyncBatchNorm needs GPUs (gpus: 0)",
+    ),
     "multistep without milestones": (
         lambda d: d["pretrain"]["schedule"].update(kind="multistep"),
         "pretrain.schedule.milestones: multistep needs the epochs at which lr drops",

@@ -383,7 +383,7 @@ def test_accumulated_steps_update_like_one_big_batch(
         try:
             torch.manual_seed(1)
             trainer.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 8 * 8, 3))
-            trainer.ddp = DistributedDataParallel(trainer.model)
+            trainer.ddp = trainer.step_model = DistributedDataParallel(trainer.model)
             trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=0.5, momentum=0.9)
             if accumulate == 1:
                 trainer.train_step(clips, labels)
@@ -521,3 +521,24 @@ def test_multi_label_datasets_train_with_sigmoids_and_report_map(
     assert metrics["n_videos"] == len(source.rows("validation"))
     results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert len(results) == metrics["n_videos"] and all(len(entries) == 4 for entries in results.values())
+
+
+@pytest.mark.slow
+def test_a_compiled_training_step_trains_and_saves_plain_weights(
+    tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = TrainJob(
+        stage="compiled",
+        data_index=index_uri(tiny_dataset),
+        out_dir=str(tmp_path),
+        model_name="r3d-10",
+        model_options={"widen_factor": 0.125},
+        batch_size=4,
+        clip_frames=4,
+        clip_size=16,
+        compile=True,
+    )
+    trained = run_to(job, monkeypatch)
+    assert type(trained.step_model).__name__ == "OptimizedModule" and trained.history[0]["train_loss"] > 0
+    state = load_checkpoint(str(tmp_path / "checkpoint.pt"))["state_dict"]
+    assert "conv1.weight" in state and not any("_orig_mod" in key for key in state)
