@@ -1,0 +1,225 @@
+"""Training throughput on CPU through the real Trainer and data loader, and the share spent waiting for data.
+
+A synthetic motion dataset is written to a temporary directory (by default 4 classes x 12 videos of 32 frames
+at short side 128, the default stored size; a quarter of them become validation videos). Then, for each
+DataLoader worker count, a `Trainer` runs in this process as a world of one (gloo; a fresh rendezvous port for
+each): setup(), train() for `--epochs` epochs, close(). The model is R3D-18 (`--quick`: r3d-10 at width 0.25),
+clips are 16 x 112 x 112 with the paper's training transforms, SGD at lr 0.003, batches of `--batch-size`.
+The first epoch warms up (worker start, allocator, kernels); the last epoch's history record is reported:
+
+    clips/s     training clips / the epoch's wall time (which includes the per-epoch validation pass: the
+                middle window of each validation video)
+    data wait   the share of the training loop spent waiting for the next batch, as the Trainer measures it
+    epoch s     the epoch's wall time
+    wall s      the whole setting: setup, every epoch, checkpoints, close
+
+torch's intra-op thread count is left at its default (training uses the cores) and printed. For reference, the
+model's own step rate (forward + backward + SGD on random input of the same shape, no loader, no DDP) is
+timed first.
+
+Target (issue): data wait < 10% with 2 loader workers per core.
+
+    .venv/bin/python bench/train.py                 # R3D-18, workers 0, 2 and 2/core; ~75 s on 2 idle cores
+    .venv/bin/python bench/train.py --quick         # a small model, for which the loader matters more
+    .venv/bin/python bench/train.py --workers 4 8 --verbose     # chosen worker counts, with the Trainer's log
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import os
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer.data.format import index_uri
+from trainer.data.synth import synthesize
+from trainer.models import build_model
+from trainer.spec import SyntheticSpec
+from trainer.train import Trainer, TrainJob
+
+CLIP_FRAMES = 16
+CLIP_SIZE = 112
+TARGET_DATA_WAIT = 0.10
+WORKERS_PER_CORE = 2
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    options: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        width = self.options.get("widen_factor")
+        return self.name if width is None else f"{self.name} x{width:g}"
+
+
+FULL = Model("r3d-18", {})
+QUICK = Model("r3d-10", {"widen_factor": 0.25})
+
+
+@dataclass(frozen=True)
+class Result:
+    workers: int
+    clips_per_s: float
+    data_wait: float
+    seconds: float
+    wall: float
+
+
+def fresh_rendezvous() -> None:
+    """The torchrun environment of a single process on a port no earlier Trainer used: a second process
+    group on the first one's port can hang."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+
+
+def model_clips_per_second(model: Model, n_classes: int, batch: int, steps: int) -> float:
+    """Forward + backward + SGD on random clips, after one warm-up step: clips per second."""
+    net = build_model(model.name, n_classes, **model.options)
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.003, momentum=0.9)
+    inputs = torch.randn(batch, 3, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE)
+    labels = torch.randint(0, n_classes, (batch,))
+    timings: list[float] = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(inputs), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        timings.append(time.perf_counter() - started)
+    return batch * steps / sum(timings[1:])
+
+
+def run_setting(data: str, out_dir: str, model: Model, workers: int, args: argparse.Namespace) -> Result:
+    """One Trainer from setup to close; its log is kept back unless --verbose (and shown if it fails)."""
+    job = TrainJob(
+        stage="bench",
+        data_index=index_uri(data),
+        out_dir=out_dir,  # a fresh one: a Trainer resumes from any epoch checkpoint it finds there
+        model_name=model.name,
+        model_options=model.options,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        clip_frames=CLIP_FRAMES,
+        clip_size=CLIP_SIZE,
+        epochs=args.epochs,
+        lr=0.003,
+    )
+    log = io.StringIO()
+    started = time.perf_counter()
+    fresh_rendezvous()
+    trainer = Trainer(job)
+    try:
+        with contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(log):
+            trainer.setup()
+            trainer.train()
+    except BaseException:
+        sys.stderr.write(log.getvalue())
+        raise
+    finally:
+        trainer.close()
+    wall = time.perf_counter() - started
+    last = trainer.history[-1]
+    del trainer
+    gc.collect()  # the loaders' persistent workers end with their iterators, before the next setting starts
+    return Result(workers, last["clips_per_s"], last["data_wait"], last["seconds"], wall)
+
+
+def default_workers() -> list[int]:
+    cores = os.cpu_count() or 1
+    return sorted({0, 2, WORKERS_PER_CORE * cores})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=None, help="DataLoader worker counts (default: 0 2 2/core)"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="clips per training step")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per setting; the last is reported")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--videos", type=int, default=12, help="videos per class (a quarter for validation)")
+    parser.add_argument("--frames", type=int, default=32, help="frames per video")
+    parser.add_argument("--video-size", type=int, default=128, help="stored frame size of the videos")
+    parser.add_argument("--model-steps", type=int, default=3, help="timed steps of the model alone (0: skip)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK.label} instead of {FULL.label}")
+    parser.add_argument("--verbose", action="store_true", help="show the Trainer's log")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first one warms up")
+    model = QUICK if args.quick else FULL
+    workers = sorted(set(args.workers)) if args.workers else default_workers()
+    cores = os.cpu_count() or 1
+    target_workers = WORKERS_PER_CORE * cores
+    # Two workers per core is more workers than cores on purpose: DataLoader's warning about it is noise here.
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
+    begun = time.perf_counter()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads (default), "
+        f"os.cpu_count() = {cores}; {model.label}, batch {args.batch_size} x 3x{CLIP_FRAMES}x{CLIP_SIZE}x"
+        f"{CLIP_SIZE}; {args.epochs} epochs per setting, the last reported"
+    )
+    print(
+        f"load average (1 min) at start: {os.getloadavg()[0]:.2f}  (other work on the cores skews the rates)"
+    )
+    if args.model_steps:
+        rate = model_clips_per_second(model, args.classes, args.batch_size, args.model_steps)
+        print(
+            f"model alone (forward+backward+SGD, random input, {args.model_steps} steps): "
+            f"{rate:.2f} clips/s, {args.batch_size / rate:.2f} s/step"
+        )
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        params = SyntheticSpec(
+            classes=args.classes, videos_per_class=args.videos, frames=args.frames, size=args.video_size
+        )
+        started = time.perf_counter()
+        data = os.path.join(tmp, "data")
+        index = synthesize(data, params)
+        n_train, n_val = len(index.rows("training")), len(index.rows("validation"))
+        print(
+            f"dataset: {n_train} training + {n_val} validation videos, {args.frames} frames at "
+            f"{args.video_size}x{args.video_size}, written in {time.perf_counter() - started:.1f} s; "
+            f"{n_train // args.batch_size} steps per epoch"
+        )
+        results: list[Result] = []
+        for n in workers:
+            results.append(run_setting(data, os.path.join(tmp, f"out-{n}"), model, n, args))
+            print(f"  workers {n}: done in {results[-1].wall:.1f} s", flush=True)
+    print()
+    print("{:>7} {:>8} {:>10} {:>8} {:>7}".format("workers", "clips/s", "data wait", "epoch s", "wall s"))
+    for r in results:
+        print(f"{r.workers:>7} {r.clips_per_s:>8.2f} {r.data_wait:>10.1%} {r.seconds:>8.1f} {r.wall:>7.1f}")
+    print()
+    at_target = [r for r in results if r.workers == target_workers]
+    text = f"data wait < {TARGET_DATA_WAIT:.0%} at {WORKERS_PER_CORE} workers per core ({target_workers})"
+    if at_target:
+        wait = at_target[0].data_wait
+        print(f"  {text:<50} {wait:>7.1%} {'PASS' if wait < TARGET_DATA_WAIT else 'MISS'}")
+    else:
+        print(f"  {text:<50} not measured (add {target_workers} to --workers)")
+    print(
+        f"total {time.perf_counter() - begun:.0f} s; load average (1 min) at the end: "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
