@@ -90,6 +90,21 @@ def world_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+def tiny_job(dataset: str, out: Path, **changes: Any) -> TrainJob:
+    """A stage of a tiny R3D-10 on 4-frame 16-pixel clips, trained in this process."""
+    fields: dict[str, Any] = {
+        "stage": "pretrain",
+        "data_index": index_uri(dataset),
+        "out_dir": str(out),
+        "model_name": "r3d-10",
+        "model_options": {"widen_factor": 0.125},
+        "batch_size": 4,
+        "clip_frames": 4,
+        "clip_size": 16,
+    }
+    return TrainJob(**{**fields, **changes})
+
+
 def set_up(job: TrainJob) -> Trainer:
     trainer = Trainer(job)
     try:
@@ -311,17 +326,7 @@ def test_unreadable_videos_are_skipped_counted_and_limited(
 
     def run(limit: float) -> Trainer:
         world_of_one(monkeypatch)  # a fresh rendezvous port: a second process group on the first one's hangs
-        job = TrainJob(
-            stage="pretrain",
-            data_index=index_uri(dataset),
-            out_dir=str(tmp_path / f"out-{limit}"),
-            model_name="r3d-10",
-            model_options={"widen_factor": 0.125},
-            batch_size=9,  # every training clip in one batch
-            clip_frames=4,
-            clip_size=16,
-            max_unreadable=limit,
-        )
+        job = tiny_job(dataset, tmp_path / f"out-{limit}", batch_size=9, max_unreadable=limit)  # one batch
         trainer = Trainer(job)
         try:
             trainer.setup()
@@ -458,18 +463,7 @@ def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
 def test_epoch_checkpoints_are_verified_kept_few_and_found_through_their_pointer(
     tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = TrainJob(
-        stage="pretrain",
-        data_index=index_uri(tiny_dataset),
-        out_dir=str(tmp_path),
-        model_name="r3d-10",
-        model_options={"widen_factor": 0.125},
-        batch_size=4,
-        clip_frames=4,
-        clip_size=16,
-        epochs=3,
-        keep_checkpoints=2,
-    )
+    job = tiny_job(tiny_dataset, tmp_path, epochs=3, keep_checkpoints=2)
     run_to(job, monkeypatch)
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == [
@@ -504,17 +498,7 @@ def test_multi_label_datasets_train_with_sigmoids_and_report_map(
         writer.add(row, video.id, labels, video.split, frames, video.height, video.width, video.fps)
     writer.flush()
     finish(uri, [*source.classes, "tagged"], multi_label=True)
-    job = TrainJob(
-        stage="tags",
-        data_index=index_uri(uri),
-        out_dir=str(tmp_path / "out"),
-        model_name="r3d-10",
-        model_options={"widen_factor": 0.125},
-        batch_size=4,
-        clip_frames=4,
-        clip_size=16,
-        epochs=2,
-    )
+    job = tiny_job(uri, tmp_path / "out", stage="tags", epochs=2)
     trained = run_to(job, monkeypatch)
     assert isinstance(trained.loss_fn, torch.nn.BCEWithLogitsLoss)
     assert all(h["train_loss"] > 0 and 0 <= h["train_accuracy"] <= 1 for h in trained.history)
@@ -534,17 +518,7 @@ def test_multi_label_datasets_train_with_sigmoids_and_report_map(
 def test_a_compiled_training_step_trains_and_saves_plain_weights(
     tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = TrainJob(
-        stage="compiled",
-        data_index=index_uri(tiny_dataset),
-        out_dir=str(tmp_path),
-        model_name="r3d-10",
-        model_options={"widen_factor": 0.125},
-        batch_size=4,
-        clip_frames=4,
-        clip_size=16,
-        compile=True,
-    )
+    job = tiny_job(tiny_dataset, tmp_path, stage="compiled", compile=True)
     trained = run_to(job, monkeypatch)
     assert type(trained.step_model).__name__ == "OptimizedModule" and trained.history[0]["train_loss"] > 0
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))["state_dict"]

@@ -293,10 +293,6 @@ def merge(parts: list[tuple[str, DatasetIndex]]) -> DatasetIndex:
     names = [name for name, _ in parts]
     if len(set(names)) != len(names):
         raise DatasetError(f"two datasets are named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
-    ids = np.concatenate([index.columns["id"] for _, index in parts])
-    in_order = np.sort(ids)
-    if np.any(in_order[1:] == in_order[:-1]):
-        raise DatasetError(f"video ids clash: {_clash(parts)}")
     classes: list[str] = []
     shards: list[str] = []
     sources: list[dict[str, Any]] = []
@@ -315,6 +311,9 @@ def merge(parts: list[tuple[str, DatasetIndex]]) -> DatasetIndex:
         classes += [f"{name}/{label}" for label in index.classes]
         shards += index.shards
     columns = concat_columns([index.columns for _, index in parts], label_offsets, shard_offsets)
+    in_order = np.sort(columns["id"])
+    if np.any(in_order[1:] == in_order[:-1]):
+        raise DatasetError(f"video ids clash: {_clash(parts)}")
     return DatasetIndex(
         classes=classes,
         shards=shards,
