@@ -58,6 +58,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.gcs_emulator
 from tests.gcs_emulator import gcs_emulator
+from trainer.data.augment import Augmentation, normalize
 from trainer.data.clips import TrainingClips
 from trainer.data.format import JPEG_QUALITY, DatasetIndex, index_uri, load_index
 from trainer.data.ingest import Options, Source, SourceVideo, ingest
@@ -340,17 +341,19 @@ def time_variant(variant: Variant, clips: int, warmup: int, seed: int) -> Round:
 def mega3d_variant(
     name: str, what: str, index: DatasetIndex, server: int | None = None, cache_dir: str | None = None
 ) -> Variant:
-    clips = TrainingClips(
-        index, "training", frames=CLIP_FRAMES, size=CLIP_SIZE, flip=True, cache_dir=cache_dir
-    )
+    augmentation = Augmentation(size=CLIP_SIZE)
+    clips = TrainingClips(index, "training", CLIP_FRAMES, augmentation, cache_dir=cache_dir)
     if cache_dir is not None:
         for i in range(len(clips)):  # the first epoch fills the cache
             clips[i]
     height, width = int(index.columns["height"][0]), int(index.columns["width"][0])
 
     def get(i: int) -> Clip:
-        clip, label, _ = clips[i]
-        return clip, label
+        """As the reference's loader returns it: normalised float (which mega3d does per batch, on the
+        training device)."""
+        clip, flip, label, _ = clips[i]
+        flips = torch.tensor([flip])
+        return normalize(clip[None], augmentation.mean, augmentation.std, flips)[0], label
 
     return Variant(name, what, get, len(clips), f"{width}x{height}", bytes_per_frame(index), server)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainer.data.augment import Augmentation, normalize
 from trainer.data.clips import TrainingClips
 from trainer.data.format import index_uri, load_index
 from trainer.data.synth import synthesize
@@ -41,9 +42,12 @@ SETTINGS = (
 
 
 def clips_per_second(clips: TrainingClips, seconds: float) -> float:
+    """Clips made per second, normalised one at a time (the Trainer normalises whole batches)."""
     done, started = 0, time.perf_counter()
+    mean, std = clips.augmentation.mean, clips.augmentation.std
     while time.perf_counter() - started < seconds:
-        clips[done % len(clips)]
+        clip, flip, _, _ = clips[done % len(clips)]
+        normalize(clip[None], mean, std, torch.tensor([flip]))
         done += 1
     return done / (time.perf_counter() - started)
 
@@ -81,9 +85,8 @@ def main() -> None:
                 classes=4, videos_per_class=8, frames=2 * setting.frames, size=setting.video_size
             )
             synthesize(tmp, params)
-            clips = TrainingClips(
-                load_index(index_uri(tmp)), "training", setting.frames, setting.size, flip=True
-            )
+            augmentation = Augmentation(size=setting.size)
+            clips = TrainingClips(load_index(index_uri(tmp)), "training", setting.frames, augmentation)
             loader_rate = clips_per_second(clips, seconds=2.0)
         train_rate = steps_per_second(setting, params.classes, args.steps) * setting.batch
         model = f"{setting.model} x{setting.widen_factor:g}"

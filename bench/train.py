@@ -1,4 +1,4 @@
-"""Training throughput on CPU through the real Trainer and data loader, and the share spent waiting for data.
+"""Training throughput through the real Trainer and data loader, and the share spent waiting for data.
 
 A synthetic motion dataset is written to a temporary directory (by default 4 classes x 12 videos of 32 frames
 at short side 128, the default stored size; a quarter of them become validation videos). Then, for each
@@ -17,11 +17,19 @@ torch's intra-op thread count is left at its default (training uses the cores) a
 model's own step rate (forward + backward + SGD on random input of the same shape, no loader, no DDP) is
 timed first.
 
-Target (issue): data wait < 10% with 2 loader workers per core.
+On a GPU (when torch sees one) the settings are those the paper's models train with there: R3D-50, bf16
+autocast, channels_last_3d, batches of 64, one loader worker per core, 8 classes x 96 videos. The model
+alone is then also reported in achieved TFLOP/s (the FLOPs of one training step counted by torch's
+FlopCounterMode, over the measured step time) and as a share of the card's dense bf16 peak (known cards,
+or --peak-tflops).
 
-    .venv/bin/python bench/train.py                 # R3D-18, workers 0, 2 and 2/core; ~75 s on 2 idle cores
+Targets (issue): CPU: data wait < 10% with 2 loader workers per core. GPU: >= 35% of the bf16 peak for the
+model alone, and data wait < 5% through the loader.
+
+    .venv/bin/python bench/train.py                 # CPU: R3D-18, workers 0, 2 and 2/core; ~75 s on 2 cores
     .venv/bin/python bench/train.py --quick         # a small model, for which the loader matters more
     .venv/bin/python bench/train.py --workers 4 8 --verbose     # chosen worker counts, with the Trainer's log
+    .venv/bin/python bench/train.py --compile       # GPU: the training step under torch.compile
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from trainer.data.augment import Augmentation
 from trainer.data.format import index_uri
 from trainer.data.synth import synthesize
 from trainer.models import build_model
@@ -51,6 +61,19 @@ CLIP_FRAMES = 16
 CLIP_SIZE = 112
 TARGET_DATA_WAIT = 0.10
 WORKERS_PER_CORE = 2
+GPU_TARGET_DATA_WAIT = 0.05
+GPU_TARGET_PEAK_SHARE = 0.35
+# Dense bf16 tensor-core peaks in TFLOP/s from the vendor's data sheets, by a part of the device name
+# (first match wins: the PCIe and NVL H100s are slower than the SXM one).
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,33 @@ class Model:
 
 FULL = Model("r3d-18", {})
 QUICK = Model("r3d-10", {"widen_factor": 0.25})
+GPU = Model("r3d-50", {})
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where and how the model trains: on a GPU in bf16 with channels_last_3d, on CPU in fp32."""
+
+    device: torch.device
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.on_gpu else "CPU"
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.on_gpu else "fp32"
+
+    def peak_tflops(self) -> float | None:
+        return next((peak for part, peak in BF16_PEAK_TFLOPS if part in self.name), None)
+
+    def synchronize(self) -> None:
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
 
 
 @dataclass(frozen=True)
@@ -88,25 +138,48 @@ def fresh_rendezvous() -> None:
     )
 
 
-def model_clips_per_second(model: Model, n_classes: int, batch: int, steps: int) -> float:
-    """Forward + backward + SGD on random clips, after one warm-up step: clips per second."""
-    net = build_model(model.name, n_classes, **model.options)
+@dataclass(frozen=True)
+class ModelRate:
+    clips_per_s: float
+    step_flops: float  # forward + backward of one batch
+
+    def tflops(self, batch: int) -> float:
+        return self.step_flops * self.clips_per_s / batch / 1e12
+
+
+def model_rate(model: Model, n_classes: int, batch: int, steps: int, where: Device) -> ModelRate:
+    """Forward + backward + SGD on random clips, after two warm-up steps (the first one counts the FLOPs):
+    clips per second. On a GPU in bf16 autocast with channels_last_3d, as the Trainer runs there."""
+    layout = torch.channels_last_3d if where.on_gpu else torch.contiguous_format
+    net = build_model(model.name, n_classes, **model.options).to(where.device)
+    net = net.to(memory_format=layout)  # type: ignore[call-overload]
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.003, momentum=0.9)
-    inputs = torch.randn(batch, 3, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE)
-    labels = torch.randint(0, n_classes, (batch,))
-    timings: list[float] = []
-    for _ in range(steps + 1):
-        started = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(net(inputs), labels)
+    inputs = torch.randn(batch, 3, CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, device=where.device)
+    inputs = inputs.contiguous(memory_format=layout)
+    labels = torch.randint(0, n_classes, (batch,), device=where.device)
+
+    def step() -> None:
+        with torch.autocast(where.device.type, dtype=torch.bfloat16, enabled=where.on_gpu):
+            loss = torch.nn.functional.cross_entropy(net(inputs).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        timings.append(time.perf_counter() - started)
-    return batch * steps / sum(timings[1:])
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    step()
+    where.synchronize()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    where.synchronize()
+    return ModelRate(batch * steps / (time.perf_counter() - started), float(counter.get_total_flops()))
 
 
-def run_setting(data: str, out_dir: str, model: Model, workers: int, args: argparse.Namespace) -> Result:
+def run_setting(
+    data: str, out_dir: str, model: Model, workers: int, where: Device, args: argparse.Namespace
+) -> Result:
     """One Trainer from setup to close; its log is kept back unless --verbose (and shown if it fails)."""
     job = TrainJob(
         stage="bench",
@@ -117,9 +190,12 @@ def run_setting(data: str, out_dir: str, model: Model, workers: int, args: argpa
         batch_size=args.batch_size,
         num_workers=workers,
         clip_frames=CLIP_FRAMES,
-        clip_size=CLIP_SIZE,
+        augmentation=Augmentation(size=CLIP_SIZE),
         epochs=args.epochs,
         lr=0.003,
+        precision=where.precision,
+        channels_last=where.on_gpu,
+        compile=args.compile,
     )
     log = io.StringIO()
     started = time.perf_counter()
@@ -141,9 +217,13 @@ def run_setting(data: str, out_dir: str, model: Model, workers: int, args: argpa
     return Result(workers, last["clips_per_s"], last["data_wait"], last["seconds"], wall)
 
 
-def default_workers() -> list[int]:
+def default_workers(where: Device) -> list[int]:
     cores = os.cpu_count() or 1
-    return sorted({0, 2, WORKERS_PER_CORE * cores})
+    return [cores] if where.on_gpu else sorted({0, 2, WORKERS_PER_CORE * cores})
+
+
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "MISS"
 
 
 def main() -> None:
@@ -153,39 +233,58 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", default=None, help="DataLoader worker counts (default: 0 2 2/core)"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="clips per training step")
+    parser.add_argument("--batch-size", type=int, help="clips per training step (default: CPU 4, GPU 64)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per setting; the last is reported")
-    parser.add_argument("--classes", type=int, default=4)
-    parser.add_argument("--videos", type=int, default=12, help="videos per class (a quarter for validation)")
+    parser.add_argument("--classes", type=int, help="default: CPU 4, GPU 8")
+    parser.add_argument(
+        "--videos", type=int, help="videos per class, a quarter for validation (default: CPU 12, GPU 96)"
+    )
     parser.add_argument("--frames", type=int, default=32, help="frames per video")
     parser.add_argument("--video-size", type=int, default=128, help="stored frame size of the videos")
     parser.add_argument("--model-steps", type=int, default=3, help="timed steps of the model alone (0: skip)")
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK.label} instead of {FULL.label}")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK.label} instead of {FULL.label} / {GPU.label}"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the Trainer's training step")
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if not a known card")
     parser.add_argument("--verbose", action="store_true", help="show the Trainer's log")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first one warms up")
-    model = QUICK if args.quick else FULL
-    workers = sorted(set(args.workers)) if args.workers else default_workers()
+    where = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    model = QUICK if args.quick else GPU if where.on_gpu else FULL
+    args.batch_size = args.batch_size or (64 if where.on_gpu else 4)
+    args.classes = args.classes or (8 if where.on_gpu else 4)
+    args.videos = args.videos or (96 if where.on_gpu else 12)
+    workers = sorted(set(args.workers)) if args.workers else default_workers(where)
     cores = os.cpu_count() or 1
     target_workers = WORKERS_PER_CORE * cores
     # Two workers per core is more workers than cores on purpose: DataLoader's warning about it is noise here.
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     begun = time.perf_counter()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads (default), "
-        f"os.cpu_count() = {cores}; {model.label}, batch {args.batch_size} x 3x{CLIP_FRAMES}x{CLIP_SIZE}x"
-        f"{CLIP_SIZE}; {args.epochs} epochs per setting, the last reported"
+        f"torch {torch.__version__} on {where.name}, {torch.get_num_threads()} intra-op threads (default), "
+        f"os.cpu_count() = {cores}; {model.label} {where.precision}"
+        f"{' channels_last_3d' if where.on_gpu else ''}{' compiled' if args.compile else ''}, "
+        f"batch {args.batch_size} x 3x{CLIP_FRAMES}x{CLIP_SIZE}x{CLIP_SIZE}; "
+        f"{args.epochs} epochs per setting, the last reported"
     )
     print(
         f"load average (1 min) at start: {os.getloadavg()[0]:.2f}  (other work on the cores skews the rates)"
     )
+    peak = args.peak_tflops or where.peak_tflops()
+    peak_share: float | None = None
     if args.model_steps:
-        rate = model_clips_per_second(model, args.classes, args.batch_size, args.model_steps)
+        rate = model_rate(model, args.classes, args.batch_size, args.model_steps, where)
+        achieved = rate.tflops(args.batch_size)
         print(
             f"model alone (forward+backward+SGD, random input, {args.model_steps} steps): "
-            f"{rate:.2f} clips/s, {args.batch_size / rate:.2f} s/step"
+            f"{rate.clips_per_s:.2f} clips/s, {args.batch_size / rate.clips_per_s:.3f} s/step, "
+            f"{rate.step_flops / args.batch_size / 1e9:.1f} GFLOP per clip, {achieved:.2f} TFLOP/s"
         )
+        if peak:
+            peak_share = achieved / peak
+            print(f"  {peak_share:.1%} of the {peak:g} TFLOP/s dense bf16 peak of {where.name}")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         params = SyntheticSpec(
             classes=args.classes, videos_per_class=args.videos, frames=args.frames, size=args.video_size
@@ -201,20 +300,31 @@ def main() -> None:
         )
         results: list[Result] = []
         for n in workers:
-            results.append(run_setting(data, os.path.join(tmp, f"out-{n}"), model, n, args))
+            results.append(run_setting(data, os.path.join(tmp, f"out-{n}"), model, n, where, args))
             print(f"  workers {n}: done in {results[-1].wall:.1f} s", flush=True)
     print()
     print("{:>7} {:>8} {:>10} {:>8} {:>7}".format("workers", "clips/s", "data wait", "epoch s", "wall s"))
     for r in results:
         print(f"{r.workers:>7} {r.clips_per_s:>8.2f} {r.data_wait:>10.1%} {r.seconds:>8.1f} {r.wall:>7.1f}")
     print()
-    at_target = [r for r in results if r.workers == target_workers]
-    text = f"data wait < {TARGET_DATA_WAIT:.0%} at {WORKERS_PER_CORE} workers per core ({target_workers})"
-    if at_target:
-        wait = at_target[0].data_wait
-        print(f"  {text:<50} {wait:>7.1%} {'PASS' if wait < TARGET_DATA_WAIT else 'MISS'}")
+    if where.on_gpu:
+        text = f"share of the bf16 peak >= {GPU_TARGET_PEAK_SHARE:.0%} ({model.label}, model alone)"
+        if peak_share is None:
+            print(f"  {text:<50} not measured (--model-steps 0, or an unknown card: give --peak-tflops)")
+        else:
+            print(f"  {text:<50} {peak_share:>7.1%} {verdict(peak_share >= GPU_TARGET_PEAK_SHARE)}")
+        wait = min(r.data_wait for r in results)
+        text = f"data wait < {GPU_TARGET_DATA_WAIT:.0%} (best of workers {', '.join(map(str, workers))})"
+        print(f"  {text:<50} {wait:>7.1%} {verdict(wait < GPU_TARGET_DATA_WAIT)}")
     else:
-        print(f"  {text:<50} not measured (add {target_workers} to --workers)")
+        at_target = [r for r in results if r.workers == target_workers]
+        text = f"data wait < {TARGET_DATA_WAIT:.0%} at {WORKERS_PER_CORE} workers per core ({target_workers})"
+        if at_target:
+            wait = at_target[0].data_wait
+            print(f"  {text:<50} {wait:>7.1%} {verdict(wait < TARGET_DATA_WAIT)}")
+        else:
+            print(f"  {text:<50} not measured (add {target_workers} to --workers)")
+        print("  GPU targets (bf16 peak share, data wait < 5%): not measured, no GPU here")
     print(
         f"total {time.perf_counter() - begun:.0f} s; load average (1 min) at the end: "
         f"{os.getloadavg()[0]:.2f}"

@@ -9,6 +9,7 @@ import argparse
 import time
 
 from trainer import storage
+from trainer.data.augment import Augmentation
 from trainer.spec import ExperimentSpec, FinetuneSpec, spec_from_json
 from trainer.train import Trainer, TrainJob
 
@@ -35,8 +36,14 @@ def build_job(
         keep_checkpoints=stage.keep_checkpoints,
         num_workers=stage.num_workers,
         clip_frames=stage.clip.frames,
-        clip_size=stage.clip.size,
-        clip_flip=stage.clip.flip,
+        augmentation=Augmentation(
+            size=stage.clip.size,
+            scales=tuple(stage.clip.scales),
+            positions=tuple(stage.clip.positions),
+            flip=stage.clip.flip,
+            mean=stage.clip.mean,
+            std=stage.clip.std,
+        ),
         lr=stage.optimizer.lr,
         momentum=stage.optimizer.momentum,
         weight_decay=stage.optimizer.weight_decay,

@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import load_checkpoint
-from trainer.data.clips import crop_box, to_input
+from trainer.data.augment import center_box, crop_resize, normalize
 from trainer.data.format import decode_jpeg, encode_jpeg
 from trainer.data.ingest import scaled_to_short_side  # frames must look as they do in training
 from trainer.model_catalog import canonical_name
 from trainer.models import WeightsError, build_model, load_weights
+from trainer.spec import KINETICS_MEAN, KINETICS_STD
 
 BATCH_WINDOWS = 8  # windows per forward pass
 DEFAULT_FPS = 30.0  # as ingest assumes when a stream does not say
@@ -88,14 +89,45 @@ def decode_video(path: str, short_side: int) -> DecodedVideo:
     return DecodedVideo(jpegs, height, width, fps)
 
 
+@dataclass(frozen=True)
+class ClipShape:
+    """How the model was trained to see a clip (a checkpoint's `clip`; the paper's defaults otherwise)."""
+
+    frames: int = 16
+    size: int = 112
+    mean: tuple[float, float, float] = KINETICS_MEAN
+    std: tuple[float, float, float] = KINETICS_STD
+
+    @classmethod
+    def of(cls, saved: Any, where: str) -> ClipShape:
+        default = cls()
+        if not isinstance(saved, dict):
+            return default
+        try:
+            return cls(
+                frames=int(saved.get("frames", default.frames)),
+                size=int(saved.get("size", default.size)),
+                mean=_rgb(saved.get("mean", default.mean)),
+                std=_rgb(saved.get("std", default.std)),
+            )
+        except (TypeError, ValueError):
+            message = f"{where}: the checkpoint's 'clip' must be {{frames, size, mean, std}}"
+            raise PredictError(message) from None
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    red, green, blue = (float(value) for value in values)
+    return red, green, blue
+
+
 def window_count(n_frames: int, frames: int) -> int:
     """Non-overlapping windows covering the video, the last one looped if short (as evaluation cuts it)."""
     return -(-n_frames // frames)
 
 
 def window_clip(video: DecodedVideo, window: int, frames: int, size: int) -> torch.Tensor:
-    """Window `window` as a (3, frames, size, size) input: its frames looped to full length when short,
-    centre crop of the short side, resized and normalised."""
+    """Window `window` as (frames, size, size, 3) uint8: its frames looped to full length when short,
+    centre crop of the short side, resized."""
     start = window * frames
     stop = min(start + frames, len(video.jpegs))
     clip = np.empty((stop - start, video.height, video.width, 3), dtype=np.uint8)
@@ -104,14 +136,16 @@ def window_clip(video: DecodedVideo, window: int, frames: int, size: int) -> tor
     tensor = torch.from_numpy(clip)
     if tensor.shape[0] < frames:
         tensor = tensor[torch.arange(frames) % tensor.shape[0]]
-    return to_input(tensor, crop_box(video.height, video.width, 1.0, "center"), size)
+    return crop_resize(tensor, center_box(video.height, video.width), size)
 
 
-def batches(video: DecodedVideo, frames: int, size: int) -> Iterator[torch.Tensor]:
-    n = window_count(len(video.jpegs), frames)
+def batches(video: DecodedVideo, clip: ClipShape) -> Iterator[torch.Tensor]:
+    """Model input for all windows, BATCH_WINDOWS at a time."""
+    n = window_count(len(video.jpegs), clip.frames)
     for first in range(0, n, BATCH_WINDOWS):
         windows = range(first, min(first + BATCH_WINDOWS, n))
-        yield torch.stack([window_clip(video, w, frames, size) for w in windows])
+        stacked = torch.stack([window_clip(video, w, clip.frames, clip.size) for w in windows])
+        yield normalize(stacked, clip.mean, clip.std)
 
 
 @dataclass(frozen=True)
@@ -119,7 +153,7 @@ class LoadedModel:
     model: nn.Module  # in eval mode
     classes: list[str]
     arch: str
-    clip: dict[str, int]  # the clip shape it was trained on ({"frames", "size"}), when the checkpoint says
+    clip: ClipShape
 
 
 def load_model(uri: str) -> LoadedModel:
@@ -155,20 +189,18 @@ def load_model(uri: str) -> LoadedModel:
         raise PredictError(f"{uri}: {error.args[0]}") from None
     except (WeightsError, ValueError, TypeError) as error:
         raise PredictError(f"{uri}: {error}" if uri not in str(error) else str(error)) from None
-    clip = state.get("clip")
-    clip = {str(k): int(v) for k, v in clip.items()} if isinstance(clip, dict) else {}
-    return LoadedModel(model.eval(), [str(c) for c in classes], arch, clip)
+    return LoadedModel(model.eval(), [str(c) for c in classes], arch, ClipShape.of(state.get("clip"), uri))
 
 
 @torch.no_grad()
-def video_probabilities(model: nn.Module, video: DecodedVideo, frames: int, size: int) -> torch.Tensor:
+def video_probabilities(model: nn.Module, video: DecodedVideo, clip: ClipShape) -> torch.Tensor:
     """The softmax probabilities of all windows, averaged (float64)."""
     total: torch.Tensor | None = None
-    for clips in batches(video, frames, size):
+    for clips in batches(video, clip):
         probs = torch.softmax(model(clips).float(), dim=1).double().sum(0)
         total = probs if total is None else total + probs
     assert total is not None  # a decoded video has at least one frame, hence one window
-    return total / window_count(len(video.jpegs), frames)
+    return total / window_count(len(video.jpegs), clip.frames)
 
 
 def predict(
@@ -188,17 +220,16 @@ def predict(
         raise PredictError(f"{video_path}: no such file")
     loaded = load_model(checkpoint_uri)
     model, classes, arch = loaded.model, loaded.classes, loaded.arch
-    frames = frames or int(loaded.clip.get("frames", 16))
-    size = size or int(loaded.clip.get("size", 112))
+    clip = replace(loaded.clip, frames=frames or loaded.clip.frames, size=size or loaded.clip.size)
     video = decode_video(video_path, short_side)
-    probabilities = video_probabilities(model, video, frames, size)
+    probabilities = video_probabilities(model, video, clip)
     order = np.argsort(-probabilities.numpy(), kind="stable")[:top]
     return {
         "video": video_path,
         "model": checkpoint_uri,
         "arch": arch,
-        "windows": window_count(len(video.jpegs), frames),
-        "window_frames": frames,
+        "windows": window_count(len(video.jpegs), clip.frames),
+        "window_frames": clip.frames,
         "frames": len(video.jpegs),
         "seconds": round(video.seconds, 3),
         "top": [{"label": classes[i], "score": float(probabilities[i])} for i in order],

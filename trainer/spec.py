@@ -84,10 +84,33 @@ class ModelSpec(_Strict):
         return {key: value for key, value in self.model_dump(exclude={"name"}).items() if value is not None}
 
 
+CropPosition = Literal["center", "top-left", "top-right", "bottom-left", "bottom-right"]
+CropScale = Annotated[float, Field(gt=0, le=1)]
+# The paper's multi-scale corner crops and normalisation (Kinetics statistics).
+PAPER_SCALES: tuple[float, ...] = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)
+CROP_POSITIONS: tuple[CropPosition, ...] = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
+KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
+KINETICS_STD = (0.2768, 0.2713, 0.2737)
+
+
 class ClipSpec(_Strict):
+    """Input clips and their augmentation; the defaults are the paper's (Kinetics mean and std)."""
+
     frames: PositiveInt = 16
     size: Annotated[int, Field(ge=8)] = 112
+    scales: Annotated[list[CropScale], Field(min_length=1)] = Field(
+        default=list(PAPER_SCALES),
+        description="Training crops: side = scale x the short side, one scale drawn per clip.",
+    )
+    positions: Annotated[list[CropPosition], Field(min_length=1)] = Field(
+        default=list(CROP_POSITIONS),
+        description="Training crops: where the crop sits, one position drawn per clip.",
+    )
     flip: bool = Field(default=True, description="Random horizontal flips; off when left and right differ.")
+    mean: tuple[float, float, float] = Field(default=KINETICS_MEAN, description="RGB mean, pixels in [0, 1].")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        default=KINETICS_STD, description="RGB standard deviation, pixels in [0, 1]."
+    )
 
 
 class OptimizerSpec(_Strict):

@@ -31,12 +31,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from trainer import storage
 from trainer.checkpoint import load_checkpoint, load_latest, save_checkpoint, save_epoch
+from trainer.data.augment import Augmentation, normalize
 from trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from trainer.data.format import DatasetError, DatasetIndex, load_index
 from trainer.evaluate import RankShare, summarize, summarize_multi_label, top_predictions
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE
 from trainer.model_catalog import canonical_name
 from trainer.models import build_model, load_weights
+from trainer.prefetch import prefetched
 
 PROGRESS_EVERY_S = 20.0
 
@@ -57,8 +59,7 @@ class TrainJob:
     batch_size: int = 8
     num_workers: int = 0
     clip_frames: int = 16
-    clip_size: int = 112
-    clip_flip: bool = True
+    augmentation: Augmentation = field(default_factory=Augmentation)
     lr: float = 0.003
     momentum: float = 0.9
     weight_decay: float = 0.001
@@ -290,9 +291,7 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------------
     def train(self) -> None:
         job = self.job
-        clips = TrainingClips(
-            self.index, "training", job.clip_frames, job.clip_size, job.clip_flip, job.cache_dir
-        )
+        clips = TrainingClips(self.index, "training", job.clip_frames, job.augmentation, job.cache_dir)
         for split, rows in (("training", clips.rows), (job.eval_split, self.index.rows(job.eval_split))):
             if not len(rows):  # found now rather than after the last epoch
                 raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
@@ -309,7 +308,7 @@ class Trainer:
             self.index,
             "validation",
             job.clip_frames,
-            job.clip_size,
+            job.augmentation.size,
             middle_only=True,
             cache_dir=job.cache_dir,
         )
@@ -357,10 +356,19 @@ class Trainer:
             )
         self.save_final()
 
-    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
-        if batch.dim() == 5 and self.job.channels_last:
-            return batch.to(self.rank.device, memory_format=torch.channels_last_3d, non_blocking=True)
-        return batch.to(self.rank.device, non_blocking=True)
+    def model_input(self, clips: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 clips from the loader, on the device, flipped where `flips` says and normalised."""
+        augmentation = self.job.augmentation
+        on_device = clips.to(self.rank.device, non_blocking=True)
+        return normalize(on_device, augmentation.mean, augmentation.std, flips, self.job.channels_last)
+
+    def training_batch(self, batch: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clips, flips, labels, skipped = batch
+        return self.model_input(clips, flips), labels.to(self.rank.device, non_blocking=True), skipped
+
+    def evaluation_batch(self, batch: tuple[Any, ...]) -> tuple[Any, ...]:
+        clips, *rest = batch
+        return (None if clips is None else self.model_input(clips), *rest)
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(
@@ -374,11 +382,12 @@ class Trainer:
         totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, clips, seconds waiting for data
         failed = torch.zeros(1, dtype=torch.float64)
         started = last_report = asked = time.monotonic()
-        for step, (clips, labels, skipped) in enumerate(loader, 1):
+        batches = prefetched(loader, self.training_batch, self.rank.device)
+        for step, (clips, labels, skipped) in enumerate(batches, 1):
             totals[3] += time.monotonic() - asked
             failed += skipped.sum()
             update = step % self.job.accumulate == 0 or step == len(loader)
-            loss, correct = self.train_step(self.to_device(clips), self.to_device(labels), update)
+            loss, correct = self.train_step(clips, labels, update)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
             if now - last_report > PROGRESS_EVERY_S:
@@ -426,13 +435,13 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64)
         failed = torch.zeros(1, dtype=torch.float64)
-        for clips, labels, _, unreadable in loader:
+        for clips, labels, _, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
             failed += unreadable
             if clips is None:
                 continue
             with self.autocast():
-                logits = self.model(self.to_device(clips)).float()
-            loss = self.loss_fn(logits, self.to_device(labels)) * len(labels)  # summed over clips
+                logits = self.model(clips).float()
+            loss = self.loss_fn(logits, labels.to(self.rank.device)) * len(labels)  # summed over clips
             totals += torch.tensor([float(loss), len(labels)], dtype=torch.float64)
         dist.all_reduce(totals)
         self.count_unreadable(failed, n_windows, "validation")
@@ -445,7 +454,7 @@ class Trainer:
         with the number of windows. A video none of whose windows could be decoded is left out."""
         job = self.job
         windows = EvaluationWindows(
-            self.index, split, job.clip_frames, job.clip_size, cache_dir=job.cache_dir
+            self.index, split, job.clip_frames, job.augmentation.size, cache_dir=job.cache_dir
         )
         if len(windows) == 0:
             raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
@@ -455,12 +464,13 @@ class Trainer:
         counts = torch.zeros(n_videos, dtype=torch.float64)
         correct = torch.zeros(1, dtype=torch.float64)
         failed = torch.zeros(1, dtype=torch.float64)
-        for clips, labels, numbers, unreadable in self._loader(windows, job.eval_batch_size, shuffle=False):
+        loader = self._loader(windows, job.eval_batch_size, shuffle=False)
+        for clips, labels, numbers, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
             failed += unreadable
             if clips is None:
                 continue
             with self.autocast():
-                logits = self.model(self.to_device(clips))
+                logits = self.model(clips)
             to_probabilities = torch.sigmoid if self.index.multi_label else partial(torch.softmax, dim=1)
             probs = to_probabilities(logits.float()).double().cpu()
             sums.index_add_(0, numbers, probs)
@@ -503,7 +513,12 @@ class Trainer:
             "model_options": self.job.model_options,
             "n_classes": len(self.classes),
             "classes": self.classes,
-            "clip": {"frames": self.job.clip_frames, "size": self.job.clip_size},  # for predictions
+            "clip": {  # for predictions
+                "frames": self.job.clip_frames,
+                "size": self.job.augmentation.size,
+                "mean": list(self.job.augmentation.mean),
+                "std": list(self.job.augmentation.std),
+            },
             "state_dict": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

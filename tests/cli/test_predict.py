@@ -23,11 +23,16 @@ from typer.testing import CliRunner
 from tests.conftest import mega3d
 from trainer import storage
 from trainer.checkpoint import save_checkpoint
-from trainer.data.clips import EvaluationWindows, crop_box, to_input
+from trainer.data.augment import center_box, crop_resize, normalize
+from trainer.data.clips import EvaluationWindows
 from trainer.data.format import JPEG_QUALITY, index_uri, load_index
 from trainer.models import build_model
+from trainer.spec import KINETICS_MEAN, KINETICS_STD
 
 CLASSES = ["walking", "waving", "clapping"]
+# The paper's normalisation (Kinetics statistics), written out here for an independent computation.
+KINETICS_MEAN_T = torch.tensor([0.4345, 0.4051, 0.3775]).view(3, 1, 1, 1)
+KINETICS_STD_T = torch.tensor([0.2768, 0.2713, 0.2737]).view(3, 1, 1, 1)
 
 
 def real_video(name: str = "carphone_pristine.mp4") -> Path:
@@ -96,7 +101,8 @@ def expected_scores(video: Path, model: nn.Module, frames: int, size: int, short
     for start in range(0, len(stored), frames):
         window = torch.from_numpy(stored[start : start + frames])
         window = window[torch.arange(frames) % window.shape[0]]
-        clips.append(to_input(window, crop_box(height, width, 1.0, "center"), size))
+        planar = crop_resize(window, center_box(height, width), size).permute(3, 0, 1, 2).float() / 255
+        clips.append((planar - KINETICS_MEAN_T) / KINETICS_STD_T)
     with torch.no_grad():
         probabilities = torch.softmax(model(torch.stack(clips)), dim=1).double().mean(0)
     return probabilities.numpy()
@@ -140,8 +146,9 @@ def test_prediction_equals_evaluation_of_the_ingested_video(
         item = windows[i]
         assert item is not None
         clips.append(item[0])
+    inputs = normalize(torch.stack(clips), KINETICS_MEAN, KINETICS_STD)
     with torch.no_grad():
-        evaluated = torch.softmax(tiny[1](torch.stack(clips)), dim=1).double().mean(0).numpy()
+        evaluated = torch.softmax(tiny[1](inputs), dim=1).double().mean(0).numpy()
     for entry in predicted["top"]:
         assert entry["score"] == pytest.approx(evaluated[CLASSES.index(entry["label"])], abs=1e-6)
 

@@ -33,6 +33,9 @@ def test_defaults_are_the_papers_recipe() -> None:
     )
     assert (pretrain.schedule.patience, pretrain.schedule.factor) == (10, 0.1)
     assert (pretrain.clip.frames, pretrain.clip.size, pretrain.clip.flip) == (16, 112, True)
+    assert pretrain.clip.scales == pytest.approx([1.0, 0.8409, 0.7071, 0.5946, 0.5], abs=1e-4)
+    assert len(set(pretrain.clip.positions)) == 5
+    assert (pretrain.clip.mean, pretrain.clip.std) == ((0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737))
 
 
 def edit(change: callable) -> dict:
@@ -100,6 +103,26 @@ MISTAKES = {
     "option of another family": (
         lambda d: d["model"].update(cardinality=8),
         "model.cardinality: r3d models take no 'cardinality' option",
+    ),
+    "crop scale above 1": (
+        lambda d: d["pretrain"]["clip"].update(scales=[1.0, 1.5]),
+        "pretrain.clip.scales[1]: Input should be less than or equal to 1",
+    ),
+    "no crop positions": (
+        lambda d: d["pretrain"]["clip"].update(positions=[]),
+        "pretrain.clip.positions: List should have at least 1 item",
+    ),
+    "unknown crop position": (
+        lambda d: d["pretrain"]["clip"].update(positions=["middle"]),
+        "pretrain.clip.positions[0]: Input should be 'center', 'top-left'",
+    ),
+    "zero std": (
+        lambda d: d["finetune"][0].setdefault("clip", {}).update(std=[0.2, 0, 0.2]),
+        "finetune[0].clip.std[1]: Input should be greater than 0",
+    ),
+    "two-channel mean": (
+        lambda d: d["pretrain"]["clip"].update(mean=[0.4, 0.4]),
+        "pretrain.clip.mean[2]: required field is missing",
     ),
     "unknown field": (lambda d: d["pretrain"].update(epoch=3), "pretrain.epoch: unknown field"),
     "wrong type": (lambda d: d["pretrain"].update(batch_size="many"), "pretrain.batch_size: Input should be"),

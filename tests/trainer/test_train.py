@@ -16,10 +16,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
+from trainer.data.augment import Augmentation
 from trainer.data.format import ClipReader, DatasetError, index_uri, load_index
 from trainer.data.synth import synthesize
 from trainer.data.writer import ShardWriter, finish, jpeg_frames, start
-from trainer.spec import SyntheticSpec, parse_spec
+from trainer.spec import KINETICS_MEAN, KINETICS_STD, SyntheticSpec, parse_spec
 from trainer.train import Trainer, TrainJob, duration, scheduled_lr
 
 TINY_STAGE = {
@@ -100,7 +101,7 @@ def tiny_job(dataset: str, out: Path, **changes: Any) -> TrainJob:
         "model_options": {"widen_factor": 0.125},
         "batch_size": 4,
         "clip_frames": 4,
-        "clip_size": 16,
+        "augmentation": Augmentation(size=16),
     }
     return TrainJob(**{**fields, **changes})
 
@@ -129,7 +130,8 @@ def test_training_writes_a_reference_layout_checkpoint_and_metrics(pretrained: t
     state = load_checkpoint(str(tmp_path / "pretrain" / "checkpoint.pt"))
     assert {"epoch", "arch", "state_dict", "optimizer", "scheduler"} <= set(state)
     assert (state["epoch"], state["arch"]) == (2, "r3d-10")
-    assert state["clip"] == {"frames": 4, "size": 16}  # what `mega3d predict` cuts windows to
+    # what `mega3d predict` cuts windows to and normalises them with
+    assert state["clip"] == {"frames": 4, "size": 16, "mean": list(KINETICS_MEAN), "std": list(KINETICS_STD)}
     assert "layer1.0.conv1.weight" in state["state_dict"]
 
     metrics = json.loads((tmp_path / "pretrain" / "metrics.json").read_text())
@@ -209,7 +211,7 @@ def test_resuming_restores_weights_optimizer_and_schedule(
         model_options={"widen_factor": 0.125},
         epochs=saved["epoch"] + 1,
         clip_frames=4,
-        clip_size=16,
+        augmentation=Augmentation(size=16),
     )
     trainer = Trainer(job)
     try:
@@ -257,7 +259,7 @@ def finetune_job(tmp_path: Path, dataset: str, init: Path, **changes: Any) -> Tr
         "init_checkpoint": str(init),
         "new_head": True,
         "clip_frames": 4,
-        "clip_size": 16,
+        "augmentation": Augmentation(size=16),
     }
     return TrainJob(**{**fields, **changes})
 
@@ -303,7 +305,7 @@ def test_channels_last_and_bf16_reach_the_model_and_the_inputs(
     trainer = set_up(finetune_job(tmp_path / "out", tiny_dataset, init, channels_last=True, precision="bf16"))
     try:
         assert trainer.model.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
-        clips = trainer.to_device(torch.randn(2, 3, 4, 16, 16))
+        clips = trainer.model_input(torch.randint(0, 256, (2, 4, 16, 16, 3), dtype=torch.uint8))
         assert clips.is_contiguous(memory_format=torch.channels_last_3d) and not clips.is_contiguous()
         with trainer.autocast():
             assert trainer.model(clips).dtype == torch.bfloat16
@@ -432,7 +434,7 @@ def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
         "model_options": {"widen_factor": 0.125},
         "batch_size": 4,
         "clip_frames": 4,
-        "clip_size": 16,
+        "augmentation": Augmentation(size=16),
         "seed": 3,
         "schedule": "multistep",
         "milestones": (3,),

@@ -1,9 +1,10 @@
-"""Clip datasets for training and evaluation, with the paper's transforms written on tensors.
+"""Clip datasets for training and evaluation.
 
 Training (paper, §6 of the design notes): one clip per video from a random time position, looped when the
-video is too short; multi-scale corner crop (scale of the short side in {1, 2^-1/4, 2^-1/2, 2^-3/4, 1/2},
-position in {centre, 4 corners}) resized to `size`, random horizontal flip.
+video is too short, cropped and resized as `Augmentation` says; the sample carries whether to flip it, for
+`augment.normalize` to do on the whole batch on the device.
 Evaluation: the video cut into non-overlapping windows, each centre-cropped; each window is one clip.
+Clips leave here as (T, size, size, 3) uint8.
 
 Frames come from a `ClipReader`: one ranged read per clip. A video whose bytes cannot be decoded is
 skipped and counted, so that the Trainer can report it and stop when too many fail: a training sample
@@ -18,16 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
+from trainer.data.augment import Augmentation, center_box, crop_resize
 from trainer.data.format import ClipReader, CorruptVideo, DatasetError, DatasetIndex
-
-SCALES = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)
-POSITIONS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
-MEAN = torch.tensor([0.4345, 0.4051, 0.3775]).view(3, 1, 1, 1)
-STD = torch.tensor([0.2768, 0.2713, 0.2737]).view(3, 1, 1, 1)
-SCALE, SHIFT = 1 / (255 * STD), MEAN / STD  # (pixel / 255 - MEAN) / STD = pixel * SCALE - SHIFT
 
 
 def clip_frames(reader: ClipReader, row: int, start: int, length: int) -> torch.Tensor:
@@ -36,30 +31,6 @@ def clip_frames(reader: ClipReader, row: int, start: int, length: int) -> torch.
     if frames.shape[0] < length:
         frames = frames[torch.arange(length) % frames.shape[0]]
     return frames
-
-
-def crop_box(height: int, width: int, scale: float, position: str) -> tuple[int, int, int]:
-    """(top, left, side) of a square crop whose side is `scale` x the short side."""
-    side = max(1, round(min(height, width) * scale))
-    top = {"top": 0, "bottom": height - side}.get(position.split("-")[0], (height - side) // 2)
-    left = {"left": 0, "right": width - side}.get(position.split("-")[-1], (width - side) // 2)
-    return top, left, side
-
-
-def to_input(frames: torch.Tensor, box: tuple[int, int, int], size: int, flip: bool = False) -> torch.Tensor:
-    """Crop a (T, H, W, 3) uint8 clip, resize to size x size, normalise: a (3, T, size, size) float tensor.
-
-    Resizing and flipping run on uint8 (torch's antialiased uint8 resize is several times faster than on
-    floats), and the one conversion to float writes the normalised result in place."""
-    top, left, side = box
-    clip = frames[:, top : top + side, left : left + side].permute(0, 3, 1, 2)
-    if side != size:
-        clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if flip:
-        clip = clip.flip(-1)
-    out = torch.empty(3, clip.shape[0], size, size)
-    out.copy_(clip.permute(1, 0, 2, 3))
-    return out.mul_(SCALE).sub_(SHIFT)
 
 
 def target(index: DatasetIndex, row: int) -> int | torch.Tensor:
@@ -93,8 +64,8 @@ class _SplitClips:
         self.size = size
 
 
-class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, Any, int]]):
-    """One clip per video: (clip, label, number of unreadable videos skipped to find it)."""
+class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
+    """One clip per video: (clip, flip it?, label, number of unreadable videos skipped to find it)."""
 
     ATTEMPTS = 20
 
@@ -103,17 +74,16 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, Any, int]]):
         index: DatasetIndex,
         split: str,
         frames: int,
-        size: int,
-        flip: bool = True,
+        augmentation: Augmentation,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__(index, split, frames, size, cache_dir)
-        self.flip = flip
+        super().__init__(index, split, frames, augmentation.size, cache_dir)
+        self.augmentation = augmentation
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, Any, int]:
         skipped = 0
         while True:
             row = int(self.rows[i])
@@ -128,10 +98,8 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, Any, int]]):
                         f"{skipped} videos in a row could not be decoded: the dataset is damaged"
                     ) from None
                 i = (i + 1) % len(self.rows)  # the next video takes its place
-        height, width = clip.shape[1:3]
-        box = crop_box(height, width, random.choice(SCALES), random.choice(POSITIONS))
-        flip = self.flip and random.random() < 0.5
-        return to_input(clip, box, self.size, flip=flip), target(self.index, row), skipped
+        box, flip = self.augmentation.sample(clip.shape[1], clip.shape[2])
+        return crop_resize(clip, box, self.size), flip, target(self.index, row), skipped
 
 
 class EvaluationWindows(_SplitClips, Dataset[tuple[torch.Tensor, Any, int] | None]):
@@ -168,5 +136,5 @@ class EvaluationWindows(_SplitClips, Dataset[tuple[torch.Tensor, Any, int] | Non
             clip = clip_frames(self.reader, row, int(self.starts[i]), self.frames)
         except CorruptVideo:
             return None
-        box = crop_box(clip.shape[1], clip.shape[2], 1.0, "center")
-        return to_input(clip, box, self.size), target(self.index, row), number
+        box = center_box(clip.shape[1], clip.shape[2])
+        return crop_resize(clip, box, self.size), target(self.index, row), number

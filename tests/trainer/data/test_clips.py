@@ -6,25 +6,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.data.clips import (
-    SCALES,
-    EvaluationWindows,
-    TrainingClips,
-    clip_frames,
-    collate_clips,
-    crop_box,
-    to_input,
-)
+from trainer.data.augment import Augmentation
+from trainer.data.clips import EvaluationWindows, TrainingClips, clip_frames, collate_clips
 from trainer.data.format import ClipReader, index_uri, load_index
 from trainer.data.writer import ShardWriter, finish, jpeg_frames, start
 from trainer.evaluate import RankShare
-
-
-def test_crop_boxes_follow_the_papers_corners_and_scales() -> None:
-    assert crop_box(240, 320, 1.0, "center") == (0, 40, 240)
-    assert crop_box(240, 320, 0.5, "top-left") == (0, 0, 120)
-    assert crop_box(240, 320, 0.5, "bottom-right") == (120, 200, 120)
-    assert crop_box(240, 320, SCALES[1], "top-right")[1:] == (320 - 202, 202)
 
 
 def test_short_videos_are_looped(tiny_dataset: str) -> None:
@@ -35,28 +21,19 @@ def test_short_videos_are_looped(tiny_dataset: str) -> None:
     assert torch.equal(clip[4], clip[0])  # frames 6..9 then 6..9 again
 
 
-def test_to_input_resizes_flips_and_normalises() -> None:
-    frames = torch.zeros(4, 20, 30, 3, dtype=torch.uint8)
-    frames[:, :, :15] = 255  # left half white
-    out = to_input(frames, crop_box(20, 30, 1.0, "center"), 16)
-    flipped = to_input(frames, crop_box(20, 30, 1.0, "center"), 16, flip=True)
-    assert out.shape == (3, 4, 16, 16)
-    assert out[:, :, :, 0].mean() > out[:, :, :, -1].mean()
-    assert torch.allclose(flipped, out.flip(-1))
-
-
 def test_training_clips_and_evaluation_windows(tiny_dataset: str) -> None:
     index = load_index(index_uri(tiny_dataset))
-    clips = TrainingClips(index, "training", frames=4, size=16)
-    clip, label, skipped = clips[0]
-    assert clip.shape == (3, 4, 16, 16) and label == index.video(int(clips.rows[0])).label and skipped == 0
+    clips = TrainingClips(index, "training", frames=4, augmentation=Augmentation(size=16))
+    clip, flip, label, skipped = clips[0]
+    assert clip.shape == (4, 16, 16, 3) and clip.dtype == torch.uint8 and isinstance(flip, bool)
+    assert label == index.video(int(clips.rows[0])).label and skipped == 0
 
     windows = EvaluationWindows(index, "validation", frames=4, size=16)
     # 10 frames in non-overlapping windows of 4: starts 0, 4, 8 (the last one looped).
     assert len(windows) == 3 * len(windows.rows)
     assert windows.starts[windows.numbers == 0].tolist() == [0, 4, 8]
     clip, label, number = windows[2]
-    assert clip.shape == (3, 4, 16, 16) and number == 0 and label == index.video(int(windows.rows[0])).label
+    assert clip.shape == (4, 16, 16, 3) and number == 0 and label == index.video(int(windows.rows[0])).label
     middle = EvaluationWindows(index, "validation", frames=4, size=16, middle_only=True)
     assert (middle.numbers[0], middle.starts[0]) == (0, 3)
 
@@ -89,5 +66,6 @@ def test_multi_label_targets_are_multi_hot(tmp_path: Path) -> None:
     for order, labels in enumerate(([0, 2], [3])):
         writer.add(order, f"v{order}", labels, "training", jpeg_frames(frames), 20, 20, 30.0)
     writer.flush()
-    clips = TrainingClips(finish(uri, ["a", "b", "c", "d"], multi_label=True), "training", frames=4, size=16)
-    assert clips[0][1].tolist() == [1.0, 0.0, 1.0, 0.0] and clips[1][1].tolist() == [0.0, 0.0, 0.0, 1.0]
+    index = finish(uri, ["a", "b", "c", "d"], multi_label=True)
+    clips = TrainingClips(index, "training", frames=4, augmentation=Augmentation(size=16))
+    assert clips[0][2].tolist() == [1.0, 0.0, 1.0, 0.0] and clips[1][2].tolist() == [0.0, 0.0, 0.0, 1.0]
