@@ -16,12 +16,15 @@ from typing import Any
 from kfp import compiler, dsl
 
 from pipelines import steps
+from pipelines.settings import Deployment
 from trainer.spec import PRETRAIN, ExperimentSpec
 
 CLUSTER_SCHEDULER = "kubernetes"
 
 
-def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
+def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -> Callable[..., Any]:
+    deployment = deployment or Deployment()
+
     def component(func: Callable[..., None]) -> Callable[..., dsl.PipelineTask]:
         return dsl.component(func, base_image=spec.image, install_kfp_package=False)
 
@@ -37,6 +40,7 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
     @dsl.pipeline(name=f"mega3d-{spec.name}", description=f"mega3d experiment {spec.name}")
     def experiment(
         spec_json: str = spec.model_dump_json(exclude_none=True),
+        cluster_json: str = deployment.cluster_json(),
         run_id: str = "",
         scheduler: str = CLUSTER_SCHEDULER,
     ) -> None:
@@ -51,9 +55,13 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
         last_data: dsl.PipelineTask | None = None
         if spec.pretrain is not None:
             last_data = prepare(PRETRAIN)
-            trained[PRETRAIN] = step(
-                pretrain(spec_json=spec_json, scheduler=scheduler, data=last_data.outputs["data"]), PRETRAIN
+            pretrained = pretrain(
+                spec_json=spec_json,
+                cluster_json=cluster_json,
+                scheduler=scheduler,
+                data=last_data.outputs["data"],
             )
+            trained[PRETRAIN] = step(pretrained, PRETRAIN)
         for stage in spec.finetune:
             data = prepare(stage.name)
             if last_data is not None:
@@ -69,6 +77,7 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
             tuned = step(
                 finetune(
                     spec_json=spec_json,
+                    cluster_json=cluster_json,
                     stage=stage.name,
                     scheduler=scheduler,
                     data=data.outputs["data"],
@@ -80,6 +89,7 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
             step(
                 evaluate(
                     spec_json=spec_json,
+                    cluster_json=cluster_json,
                     stage=stage.name,
                     scheduler=scheduler,
                     data=data.outputs["data"],
@@ -91,5 +101,5 @@ def build_pipeline(spec: ExperimentSpec) -> Callable[..., Any]:
     return experiment
 
 
-def compile_pipeline(spec: ExperimentSpec, path: str) -> None:
-    compiler.Compiler().compile(build_pipeline(spec), package_path=path)
+def compile_pipeline(spec: ExperimentSpec, path: str, deployment: Deployment | None = None) -> None:
+    compiler.Compiler().compile(build_pipeline(spec, deployment), package_path=path)

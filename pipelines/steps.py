@@ -17,16 +17,22 @@ def prepare_data(spec_json: str, stage: str, run_id: str, job_id: str, data: Out
 
 
 def pretrain(
-    spec_json: str, scheduler: str, data: Input[Dataset], model: Output[Model], metrics: Output[Metrics]
+    spec_json: str,
+    cluster_json: str,
+    scheduler: str,
+    data: Input[Dataset],
+    model: Output[Model],
+    metrics: Output[Metrics],
 ) -> None:
     """Pretrain on the merged datasets with TorchX DDP."""
     from pipelines import tasks
 
-    tasks.train(spec_json, "pretrain", scheduler, data, None, model, metrics)
+    tasks.train(spec_json, cluster_json, "pretrain", scheduler, data, None, model, metrics)
 
 
 def finetune(
     spec_json: str,
+    cluster_json: str,
     stage: str,
     scheduler: str,
     data: Input[Dataset],
@@ -37,11 +43,12 @@ def finetune(
     """Fine-tune a trained model on the stage's target dataset with TorchX DDP."""
     from pipelines import tasks
 
-    tasks.train(spec_json, stage, scheduler, data, init, model, metrics)
+    tasks.train(spec_json, cluster_json, stage, scheduler, data, init, model, metrics)
 
 
 def evaluate(
     spec_json: str,
+    cluster_json: str,
     stage: str,
     scheduler: str,
     data: Input[Dataset],
@@ -51,4 +58,4 @@ def evaluate(
     """Clip accuracy and video top-1/top-5 of a fine-tuned model on the evaluation split."""
     from pipelines import tasks
 
-    tasks.evaluate(spec_json, stage, scheduler, data, model, metrics)
+    tasks.evaluate(spec_json, cluster_json, stage, scheduler, data, model, metrics)

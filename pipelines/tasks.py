@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from components.train import trainer
 from pipelines.launcher import LOCAL_SCHEDULER, free_port, launch
+from pipelines.settings import Deployment
 from trainer import layout, storage
 from trainer.data.format import DatasetError, index_uri, load_index, merge, save_index
 from trainer.spec import PRETRAIN, ExperimentSpec, is_checkpoint_uri, spec_from_json
@@ -104,6 +105,7 @@ def _run_trainer(
     data: ArtifactLike,
     out: str,
     checkpoint: str | None,
+    deployment: Deployment,
 ) -> dict[str, Any]:
     """Run `python -m trainer COMMAND` for a stage as a TorchX DDP app; return the metrics it wrote."""
     run = data.metadata["run_dir"]
@@ -125,7 +127,7 @@ def _run_trainer(
     app = trainer(
         *args,
         name=_app_name(spec, stage),
-        image=spec.image,
+        image=deployment.image or spec.image,
         nnodes=resources.nnodes,
         nproc_per_node=resources.nproc_per_node,
         gpus=resources.gpus,
@@ -149,6 +151,7 @@ def _log_metrics(metrics: MetricsLike, result: dict[str, Any]) -> None:
 
 def train(
     spec_json: str,
+    cluster_json: str,
     stage: str,
     scheduler: str,
     data: ArtifactLike,
@@ -164,7 +167,8 @@ def train(
         checkpoint: str | None = spec.under_storage(init_from)  # as the spec says now, if edited at run time
     else:
         checkpoint = init.metadata["checkpoint"] if init is not None else None
-    result = _run_trainer(spec, "train", stage, scheduler, data, out, checkpoint)
+    deployment = Deployment.model_validate_json(cluster_json)
+    result = _run_trainer(spec, "train", stage, scheduler, data, out, checkpoint, deployment)
     _write_pointer(
         model,
         run_dir=data.metadata["run_dir"],
@@ -177,10 +181,18 @@ def train(
 
 
 def evaluate(
-    spec_json: str, stage: str, scheduler: str, data: ArtifactLike, model: ArtifactLike, metrics: MetricsLike
+    spec_json: str,
+    cluster_json: str,
+    stage: str,
+    scheduler: str,
+    data: ArtifactLike,
+    model: ArtifactLike,
+    metrics: MetricsLike,
 ) -> None:
     """Evaluate a trained stage on the evaluation split: clip accuracy, video top-1 and top-5."""
     spec = spec_from_json(spec_json)
     out = layout.evaluation_dir(data.metadata["run_dir"], stage)
-    result = _run_trainer(spec, "evaluate", stage, scheduler, data, out, model.metadata["checkpoint"])
+    deployment = Deployment.model_validate_json(cluster_json)
+    checkpoint = model.metadata["checkpoint"]
+    result = _run_trainer(spec, "evaluate", stage, scheduler, data, out, checkpoint, deployment)
     _log_metrics(metrics, result)

@@ -295,7 +295,7 @@ _FRIENDLY = {
 }
 
 
-def _pydantic_problems(error: ValidationError) -> list[Problem]:
+def validation_problems(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors(include_url=False):
         message = _FRIENDLY.get(item["type"], item["msg"])
@@ -414,7 +414,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as error:
-        raise SpecError(source, _pydantic_problems(error)) from None
+        raise SpecError(source, validation_problems(error)) from None
     problems = _reference_problems(spec)
     if problems:
         raise SpecError(source, problems)

@@ -34,7 +34,7 @@ def test_ir_parses_into_a_pipeline_spec(tmp_path: Path) -> None:
     assert tasks["finetune"].task_info.name == "finetune motion-c"
     assert all(not task.caching_options.enable_cache for task in tasks.values())
     parameters = spec.root.input_definitions.parameters
-    assert sorted(parameters) == ["run_id", "scheduler", "spec_json"]
+    assert sorted(parameters) == ["cluster_json", "run_id", "scheduler", "spec_json"]
     assert parameters["scheduler"].default_value.string_value == "kubernetes"
     outputs = spec.components["comp-pretrain"].output_definitions.artifacts
     assert outputs["model"].artifact_type.schema_title == "system.Model"
