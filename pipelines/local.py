@@ -52,7 +52,9 @@ class ExecutorLogFilter(io.TextIOBase):
         self.target.flush()
 
 
-def run_local(spec: ExperimentSpec, run_id: str, verbose: bool = False) -> None:
+def run_local(
+    spec: ExperimentSpec, run_id: str, verbose: bool = False, skip_if_trained: bool = False
+) -> None:
     """Raises when a step fails (kfp.local stops the pipeline at the first failed task)."""
     run = layout.run_dir(spec, run_id)
     # kfp.local keeps its artifacts on the local disk: beside the run when that is local, else in /tmp.
@@ -66,8 +68,9 @@ def run_local(spec: ExperimentSpec, run_id: str, verbose: bool = False) -> None:
     # kfp.local ignores display names and images; both matter only on a cluster, so say nothing of them here.
     warnings.filterwarnings("ignore", message=r"Task '.*': settings \['display_name'\] have no effect")
     warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
+    arguments = {"run_id": run_id, "scheduler": LOCAL_SCHEDULER, "skip_if_trained": skip_if_trained}
     if verbose:
-        pipeline(run_id=run_id, scheduler=LOCAL_SCHEDULER)
+        pipeline(**arguments)
         return
     with contextlib.redirect_stdout(ExecutorLogFilter(sys.stdout)):
-        pipeline(run_id=run_id, scheduler=LOCAL_SCHEDULER)
+        pipeline(**arguments)

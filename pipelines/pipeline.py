@@ -1,13 +1,20 @@
 """Assemble the KFP v2 pipeline of an experiment spec, and compile it to IR YAML.
 
-    prepare-data(pretrain) -> pretrain -> for each fine-tune stage:
-        prepare-data(stage) -> finetune(stage) -> evaluate(stage)
+    prepare run (spec, datasets)
+    for each sweep branch (a ParallelFor; one branch without a sweep):
+        prepare data (merge, subset, fingerprint)
+        if the data is new (or skip_if_trained is off):
+            pretrain
+            for each fine-tune target (a ParallelFor): prepare target -> finetune -> evaluate
+            register (model registry; champion if it beats the current one)
+        else: skip (says which run trained on this data)
 
-Without a pretrain stage, fine-tuning starts from checkpoints named by URI (imported into the run).
+Without a pretrain stage, fine-tuning starts from checkpoints named by URI.
 
-Pipeline parameters: `spec_json` (the validated spec), `run_id` (empty: the KFP run's id), `scheduler`
-(`kubernetes` on a cluster, `local_cwd` for `mega3d run`). No `from __future__ import annotations`:
-KFP reads the pipeline function's annotations as types.
+Pipeline parameters: `spec_json` (the validated spec), `cluster_json` (deployment settings, no
+credentials), `run_id` (empty: the KFP run's id), `scheduler` (`kubernetes` on a cluster, `local_cwd` for
+`mega3d run`), `skip_if_trained` (set by scheduled runs). No `from __future__ import annotations`: KFP reads
+the pipeline function's annotations as types.
 """
 
 from collections.abc import Callable
@@ -23,15 +30,23 @@ CLUSTER_SCHEDULER = "kubernetes"
 
 
 def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -> Callable[..., Any]:
+    """The pipeline of a spec; SpecError when its sweep expands past the deployment's max_branches."""
     deployment = deployment or Deployment()
+    spec.check_branches(deployment.max_branches, "spec")
 
-    def component(func: Callable[..., None]) -> Callable[..., dsl.PipelineTask]:
-        return dsl.component(func, base_image=spec.image, install_kfp_package=False)
+    def component(func: Callable[..., Any]) -> Callable[..., dsl.PipelineTask]:
+        return dsl.component(func, base_image=deployment.image or spec.image, install_kfp_package=False)
 
-    prepare_data = component(steps.prepare_data)
+    prepare_run = component(steps.prepare_run)
+    prepare_branch = component(steps.prepare_branch)
     pretrain = component(steps.pretrain)
+    prepare_target = component(steps.prepare_target)
     finetune = component(steps.finetune)
     evaluate = component(steps.evaluate)
+    register = component(steps.register)
+    skip = component(steps.skip)
+    targets = [stage.name for stage in spec.finetune]
+    branches = [branch.name for branch in spec.branches()]
 
     def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
         # Every run writes a new run directory: a cached step would point at another run's files.
@@ -43,60 +58,67 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
         cluster_json: str = deployment.cluster_json(),
         run_id: str = "",
         scheduler: str = CLUSTER_SCHEDULER,
+        skip_if_trained: bool = False,
     ) -> None:
-        def prepare(stage: str) -> dsl.PipelineTask:
-            task = prepare_data(
-                spec_json=spec_json, stage=stage, run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
-            )
-            return step(task, f"prepare-data {stage}")
+        run = step(
+            prepare_run(spec_json=spec_json, run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+            "prepare run",
+        )
 
-        trained: dict[str, dsl.PipelineTask] = {}
-        # Data steps run one after another, so that a synthetic dataset two stages share is made once.
-        last_data: dsl.PipelineTask | None = None
-        if spec.pretrain is not None:
-            last_data = prepare(PRETRAIN)
-            pretrained = pretrain(
-                spec_json=spec_json,
-                cluster_json=cluster_json,
-                scheduler=scheduler,
-                data=last_data.outputs["data"],
-            )
-            trained[PRETRAIN] = step(pretrained, PRETRAIN)
-        for stage in spec.finetune:
-            data = prepare(stage.name)
-            if last_data is not None:
-                data.after(last_data)
-            last_data = data
-            if stage.init_from in trained:
-                init = trained[stage.init_from].outputs["model"]
-            else:  # an existing checkpoint, e.g. an imported reference model
-                uri = spec.under_storage(stage.init_from)
-                init = dsl.importer(
-                    artifact_uri=uri, artifact_class=dsl.Model, metadata={"checkpoint": uri}
-                ).output
-            tuned = step(
-                finetune(
+        def train_branch(branch: Any) -> None:
+            prepared = step(
+                prepare_branch(
                     spec_json=spec_json,
-                    cluster_json=cluster_json,
-                    stage=stage.name,
-                    scheduler=scheduler,
-                    data=data.outputs["data"],
-                    init=init,
+                    branch=branch,
+                    skip_if_trained=skip_if_trained,
+                    run=run.outputs["run"],
                 ),
-                f"finetune {stage.name}",
+                "prepare data",
             )
-            trained[stage.name] = tuned
-            step(
-                evaluate(
-                    spec_json=spec_json,
-                    cluster_json=cluster_json,
-                    stage=stage.name,
-                    scheduler=scheduler,
-                    data=data.outputs["data"],
-                    model=tuned.outputs["model"],
-                ),
-                f"evaluate {stage.name}",
-            )
+            with dsl.If(prepared.outputs["Output"] == "train", name="new-data"):
+                init = {}
+                if spec.pretrain is not None:
+                    pretrained = pretrain(
+                        spec_json=spec_json,
+                        cluster_json=cluster_json,
+                        scheduler=scheduler,
+                        data=prepared.outputs["data"],
+                    )
+                    init = {"init": step(pretrained, PRETRAIN).outputs["model"]}
+                with dsl.ParallelFor(targets, name="targets") as stage:
+                    target = step(
+                        prepare_target(spec_json=spec_json, stage=stage, branch=prepared.outputs["data"]),
+                        "prepare target",
+                    )
+                    tuned = finetune(
+                        spec_json=spec_json,
+                        cluster_json=cluster_json,
+                        stage=stage,
+                        scheduler=scheduler,
+                        data=target.outputs["data"],
+                        **init,
+                    )
+                    step(tuned, "finetune")
+                    evaluated = evaluate(
+                        spec_json=spec_json,
+                        cluster_json=cluster_json,
+                        stage=stage,
+                        scheduler=scheduler,
+                        data=target.outputs["data"],
+                        model=tuned.outputs["model"],
+                    )
+                    step(evaluated, "evaluate")
+                step(register(spec_json=spec_json, branch=prepared.outputs["data"]), "register").after(
+                    evaluated
+                )
+            with dsl.Else(name="trained-before"):
+                step(skip(branch=prepared.outputs["data"]), "skip: trained before")
+
+        if branches == [""]:
+            train_branch("")
+        else:
+            with dsl.ParallelFor(branches, name="sweep") as branch:
+                train_branch(branch)
 
     return experiment
 

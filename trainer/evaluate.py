@@ -28,6 +28,9 @@ class RankShare(Sampler[int]):
         return len(self.items)
 
 
+CONFUSION_MAX_CLASSES = 50  # a larger matrix is not readable in the Kubeflow UI
+
+
 def summarize(
     video_prob_sums: np.ndarray, window_counts: np.ndarray, clip_correct: int, video_labels: np.ndarray
 ) -> dict[str, Any]:
@@ -45,7 +48,13 @@ def summarize(
     right_of_class = np.bincount(video_labels, weights=hits[:, 0], minlength=n_classes)
     present = videos_of_class > 0
     per_class = right_of_class / np.maximum(videos_of_class, 1)
+    confusion = {}
+    if n_classes <= CONFUSION_MAX_CLASSES:
+        cells = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(cells, (video_labels, ranked[:, 0]), 1)
+        confusion = {"confusion": cells.tolist()}  # rows: true class, columns: predicted (video top-1)
     return {
+        **confusion,
         "clip_accuracy": clip_correct / n_clips,
         "video_top1": float(hits[:, :1].any(axis=1).mean()),
         "video_top5": float(hits[:, :5].any(axis=1).mean()),

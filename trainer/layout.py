@@ -1,11 +1,14 @@
 """Where a run keeps its files under the spec's storage root (torch-free; the CLI reads results here).
 
-<storage>/experiments/<name>/runs/<run_id>/spec.json
-                                          data/<stage>/index.npz       merged pretraining index
-                                          <stage>/checkpoint.pt        one directory per stage
-                                          <stage>/metrics.json
-                                          <stage>/evaluation/metrics.json
-                                          <stage>/evaluation/results.json   top-5 classes per video
+<storage>/experiments/<name>/runs/<run_id>/spec.json             the spec as submitted
+                                          <branch>/spec.json       the spec as the branch trains it
+                                          <branch>/data/<stage>/index.npz   pretraining merge (and subset)
+                                          <branch>/<stage>/checkpoint.pt    one directory per stage
+                                          <branch>/<stage>/metrics.json
+                                          <branch>/<stage>/evaluation/metrics.json
+                                          <branch>/<stage>/evaluation/results.json   top-5 per video
+<branch> is the run directory itself without a sweep, else `branches/<branch name>`.
+<storage>/registry/<name>/<branch name or "main">/   the model registry (see pipelines.registry)
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ RESULTS_FILE = "results.json"  # per video, its top-5 classes: the reference's r
 
 def run_dir(spec: ExperimentSpec, run_id: str) -> str:
     return storage.join(spec.storage, "experiments", spec.name, "runs", run_id)
+
+
+def branch_dir(run: str, branch: str) -> str:
+    return storage.join(run, "branches", branch) if branch else run
+
+
+def registry_dir(spec: ExperimentSpec, branch: str) -> str:
+    return storage.join(spec.storage, "registry", spec.name, branch or "main")
 
 
 def stage_dir(run: str, stage: str) -> str:

@@ -7,8 +7,9 @@ with the file and the dotted path of the field, and later layers trust what they
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from trainer.model_catalog import canonical_name, family_of, model_names
+from trainer.model_catalog import FAMILIES, canonical_name, family_of, model_names
 
 # Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
@@ -199,12 +200,48 @@ class FinetuneSpec(_StageSpec):
     dataset: str
     init_from: str = Field(
         default=PRETRAIN,
-        description="An earlier stage or a checkpoint URI (relative: under storage)",
+        description="'pretrain' or a checkpoint URI (relative: under storage)",
     )
     train_from: str | None = Field(
         default=None,
         description="First module to train (e.g. layer4); earlier modules are frozen. None trains all.",
     )
+
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class SweepSpec(_Strict):
+    """Axes that expand one spec into parallel branches, one per combination of their values; each branch
+    pretrains, fine-tunes every target and evaluates on its own (the paper's studies, §4.1-4.4)."""
+
+    pretrain_datasets: list[Annotated[list[str], Field(min_length=1)]] = Field(
+        default=[], description="pretraining merges, e.g. [[kinetics700], [kinetics700, mit]]"
+    )
+    family: list[str] = Field(default=[], description="architecture families, e.g. [r3d, r2plus1d]")
+    depth: list[PositiveInt] = Field(default=[], description="depths, e.g. [18, 34, 50]")
+    category_fraction: list[Fraction] = Field(
+        default=[], description="fractions of the pretraining categories kept"
+    )
+    instance_fraction: list[Fraction] = Field(
+        default=[], description="fractions of each kept category's training videos kept"
+    )
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One combination of a sweep: a name (a directory under the run; empty without a sweep), the model and
+    the pretraining data it trains on."""
+
+    name: str
+    model: ModelSpec
+    pretrain_datasets: tuple[str, ...] = ()
+    category_fraction: float = 1.0
+    instance_fraction: float = 1.0
+
+    @property
+    def subset(self) -> bool:
+        return self.category_fraction < 1 or self.instance_fraction < 1
 
 
 class EvaluationSpec(_Strict):
@@ -223,6 +260,47 @@ class ExperimentSpec(_Strict):
     )
     finetune: list[FinetuneSpec] = Field(min_length=1)
     evaluation: EvaluationSpec = EvaluationSpec()
+    sweep: SweepSpec | None = Field(default=None, description="Parallel branches over data and models.")
+
+    def branches(self) -> list[Branch]:
+        """Every combination of the sweep's values (one unnamed branch without a sweep). A branch is named
+        by the values of its axes, e.g. `kinetics700+mit_r3d-50_c30`."""
+        pretrain = tuple(self.pretrain.datasets) if self.pretrain else ()
+        sweep = self.sweep or SweepSpec()
+        family, _, depth = self.model.name.rpartition("-")
+        axes = itertools.product(
+            [tuple(d) for d in sweep.pretrain_datasets] or [pretrain],
+            sweep.family or [family],
+            sweep.depth or [int(depth)],
+            sweep.category_fraction or [1.0],
+            sweep.instance_fraction or [1.0],
+        )
+        branches = []
+        for datasets, family_name, depth_value, categories, instances in axes:
+            parts = [
+                "+".join(datasets) if sweep.pretrain_datasets else "",
+                f"{family_name}-{depth_value}" if sweep.family or sweep.depth else "",
+                f"c{round(categories * 100)}" if sweep.category_fraction else "",
+                f"i{round(instances * 100)}" if sweep.instance_fraction else "",
+            ]
+            model = self.model.model_copy(update={"name": f"{family_name}-{depth_value}"})
+            name = "_".join(part for part in parts if part)
+            branches.append(Branch(name, model, datasets, categories, instances))
+        return branches
+
+    def for_branch(self, branch: Branch) -> ExperimentSpec:
+        """The spec as one branch trains it: its model and pretraining datasets, no sweep."""
+        update: dict[str, Any] = {"model": branch.model, "sweep": None}
+        if self.pretrain is not None:
+            update["pretrain"] = self.pretrain.model_copy(update={"datasets": list(branch.pretrain_datasets)})
+        return self.model_copy(update=update)
+
+    def check_branches(self, max_branches: int, source: str) -> None:
+        """SpecError when the sweep expands to more branches than the deployment allows."""
+        n = len(self.branches())
+        if n > max_branches:
+            message = f"expands to {n} branches, more than max_branches {max_branches} (settings)"
+            raise SpecError(source, [Problem("sweep", message)])
 
     def stage(self, name: str) -> PretrainSpec | FinetuneSpec:
         if name == PRETRAIN and self.pretrain is not None:
@@ -362,16 +440,64 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
                     f"{model.name} has no stage {stage.train_from!r} (one of: {', '.join(stages)})",
                 )
             )
-        if not is_checkpoint_uri(stage.init_from) and stage.init_from not in earlier:
+        # Fine-tune stages run side by side (a ParallelFor), so each starts from pretraining or a file.
+        if not is_checkpoint_uri(stage.init_from) and (stage.init_from != PRETRAIN or spec.pretrain is None):
             problems.append(
                 Problem(
                     f"finetune[{i}].init_from",
-                    f"{stage.init_from!r} is neither an earlier stage "
-                    f"(earlier: {', '.join(earlier) or 'none'}) nor a checkpoint URI",
+                    f"{stage.init_from!r} is neither the pretrain stage"
+                    f"{'' if spec.pretrain else ' (the spec has none)'} nor a checkpoint URI",
                 )
             )
         earlier.append(stage.name)
+    if spec.sweep is not None:
+        problems += _sweep_problems(spec, spec.sweep, check_dataset)
     return problems
+
+
+def _sweep_problems(
+    spec: ExperimentSpec, sweep: SweepSpec, check_dataset: Callable[[str, str], None]
+) -> list[Problem]:
+    problems = []
+    if spec.pretrain is None:
+        for axis in ("pretrain_datasets", "category_fraction", "instance_fraction"):
+            if getattr(sweep, axis):
+                problems.append(Problem(f"sweep.{axis}", "needs a pretrain stage"))
+    for i, datasets in enumerate(sweep.pretrain_datasets):
+        for j, name in enumerate(datasets):
+            check_dataset(f"sweep.pretrain_datasets[{i}][{j}]", name)
+    for axis in ("pretrain_datasets", "family", "depth", "category_fraction", "instance_fraction"):
+        values = [json.dumps(value) for value in getattr(sweep, axis)]
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                problems.append(Problem(f"sweep.{axis}[{i}]", f"{value} is listed twice"))
+    for i, family_name in enumerate(sweep.family):
+        if family_name not in FAMILIES:
+            problems.append(
+                Problem(
+                    f"sweep.family[{i}]", f"unknown family {family_name!r} (one of: {', '.join(FAMILIES)})"
+                )
+            )
+    known = model_names()
+    if not problems:
+        for branch in spec.branches():
+            name = branch.model.name
+            if name not in known:
+                problems.append(Problem("sweep.depth", f"{name} is not a model (see `mega3d models list`)"))
+                continue
+            family_name, family = family_of(name)
+            problems += [
+                Problem("sweep.family", f"{family_name} models take no {option!r} option (model.{option})")
+                for option in spec.model.options()
+                if option not in family.options
+            ]
+            stages = family.stages
+            problems += [
+                Problem(f"finetune[{i}].train_from", f"{name} has no stage {stage.train_from!r}")
+                for i, stage in enumerate(spec.finetune)
+                if stage.train_from is not None and stage.train_from not in stages
+            ]
+    return list(dict.fromkeys(problems))
 
 
 def _schedule_problems(path: str, stage: PretrainSpec | FinetuneSpec) -> list[Problem]:

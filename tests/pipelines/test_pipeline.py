@@ -27,18 +27,33 @@ def test_ir_parses_into_a_pipeline_spec(tmp_path: Path) -> None:
     spec = json_format.ParseDict(yaml.safe_load(compiled(tmp_path)), pipeline_spec_pb2.PipelineSpec())
     assert spec.pipeline_info.name == "mega3d-quickstart"
     tasks = spec.root.dag.tasks
-    assert sorted(tasks) == ["evaluate", "finetune", "prepare-data", "prepare-data-2", "pretrain"]
-    assert list(tasks["pretrain"].dependent_tasks) == ["prepare-data"]
-    assert sorted(tasks["finetune"].dependent_tasks) == ["prepare-data-2", "pretrain"]
-    assert sorted(tasks["evaluate"].dependent_tasks) == ["finetune", "prepare-data-2"]
-    assert tasks["finetune"].task_info.name == "finetune motion-c"
-    assert all(not task.caching_options.enable_cache for task in tasks.values())
+    assert sorted(tasks) == ["condition-branches-1", "prepare-branch", "prepare-run"]
+    assert list(tasks["prepare-branch"].dependent_tasks) == ["prepare-run"]
+    dags = {
+        name: component.dag.tasks for name, component in spec.components.items() if component.HasField("dag")
+    }
+    new_data, trained_before = dags["comp-condition-4"], dags["comp-condition-5"]
+    assert sorted(new_data) == ["for-loop-3", "pretrain", "register"]
+    assert list(new_data["register"].dependent_tasks) == ["for-loop-3"]  # after every target
+    assert new_data["for-loop-3"].parameter_iterator.items.raw == '["motion-c"]'
+    targets = dags["comp-for-loop-3"]
+    assert sorted(targets["evaluate"].dependent_tasks) == ["finetune", "prepare-target"]
+    assert targets["finetune"].task_info.name == "finetune"
+    assert list(trained_before) == ["skip"]
+    assert all(not task.caching_options.enable_cache for task in [*tasks.values(), *targets.values()])
     parameters = spec.root.input_definitions.parameters
-    assert sorted(parameters) == ["cluster_json", "run_id", "scheduler", "spec_json"]
+    assert sorted(parameters) == ["cluster_json", "run_id", "scheduler", "skip_if_trained", "spec_json"]
     assert parameters["scheduler"].default_value.string_value == "kubernetes"
     outputs = spec.components["comp-pretrain"].output_definitions.artifacts
     assert outputs["model"].artifact_type.schema_title == "system.Model"
     assert outputs["metrics"].artifact_type.schema_title == "system.Metrics"
+    shown = spec.components["comp-evaluate"].output_definitions.artifacts  # what the Kubeflow UI renders
+    assert {name: artifact.artifact_type.schema_title for name, artifact in shown.items()} == {
+        "metrics": "system.Metrics",
+        "confusion": "system.ClassificationMetrics",
+        "classes": "system.Markdown",
+        "curves": "system.HTML",
+    }
 
 
 def test_quickstart_matches_its_golden_file(tmp_path: Path) -> None:

@@ -3,7 +3,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.evaluate import RankShare, average_precision, summarize, summarize_multi_label, top_predictions
+from trainer.evaluate import (
+    CONFUSION_MAX_CLASSES,
+    RankShare,
+    average_precision,
+    summarize,
+    summarize_multi_label,
+    top_predictions,
+)
 
 
 def test_video_accuracy_averages_window_probabilities() -> None:
@@ -37,6 +44,14 @@ def test_mean_class_accuracy_weighs_classes_equally() -> None:
     assert result["video_top1"] == pytest.approx(3 / 4)
     assert result["mean_class_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
     assert result["per_class_accuracy"] == [pytest.approx(2 / 3), 1.0, None]
+    # rows: true class, columns: the video's top class
+    assert result["confusion"] == [[2, 1, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_no_confusion_matrix_for_many_classes() -> None:
+    sums = np.eye(CONFUSION_MAX_CLASSES + 1)
+    result = summarize(sums, np.ones(len(sums)), 0, np.arange(len(sums)))
+    assert "confusion" not in result and result["video_top1"] == 1.0
 
 
 def test_top_predictions_follow_the_reference_results_layout() -> None:

@@ -149,7 +149,7 @@ MISTAKES = {
     ),
     "bad init_from": (
         lambda d: d["finetune"][0].update(init_from="later"),
-        "finetune[0].init_from: 'later' is neither an earlier stage (earlier: pretrain) nor a checkpoint",
+        "finetune[0].init_from: 'later' is neither the pretrain stage nor a checkpoint URI",
     ),
     "missing field": (lambda d: d.pop("storage"), "storage: required field is missing"),
     "not DNS-safe": (
@@ -240,7 +240,7 @@ def test_finetuning_published_checkpoints_needs_no_pretraining() -> None:
     assert spec.under_storage(spec.finetune[0].init_from) == "runs/quickstart/checkpoints/r3d10_K_200ep.pth"
 
     with pytest.raises(
-        SpecError, match=r"finetune\[0\].init_from: 'pretrain' is neither an earlier stage \(earlier: none\)"
+        SpecError, match=r"finetune\[0\].init_from: 'pretrain' is neither the pretrain stage \(the spec has none\)"
     ):
         parse_spec(edit(lambda d: d.pop("pretrain")), "bad.yaml")
 
