@@ -20,13 +20,15 @@ the pipeline function's annotations as types.
 from collections.abc import Callable
 from typing import Any
 
-from kfp import compiler, dsl
+from kfp import compiler, dsl, kubernetes
 
 from pipelines import steps
-from pipelines.settings import Deployment
+from pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
 from trainer.spec import PRETRAIN, ExperimentSpec
 
 CLUSTER_SCHEDULER = "kubernetes"
+STEP_CPU = "250m"
+STEP_MEMORY = "1G"
 
 
 def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -> Callable[..., Any]:
@@ -50,7 +52,14 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
 
     def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
         # Every run writes a new run directory: a cached step would point at another run's files.
-        return task.set_display_name(name).set_caching_options(False)
+        task.set_display_name(name).set_caching_options(False)
+        # Steps only prepare data and follow TorchX jobs: the GPUs go to the training pods.
+        task.set_cpu_request(STEP_CPU).set_memory_request(STEP_MEMORY)
+        kubernetes.set_security_context(task, run_as_non_root=True)
+        if deployment.credentials_secret:  # the Secret's name, never its content
+            kubernetes.use_secret_as_volume(task, deployment.credentials_secret, mount_path=CREDENTIALS_DIR)
+            task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}")
+        return task
 
     @dsl.pipeline(name=f"mega3d-{spec.name}", description=f"mega3d experiment {spec.name}")
     def experiment(

@@ -11,20 +11,26 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from pipelines.pipeline import compile_pipeline
+from pipelines.settings import Deployment
 from tests.conftest import QUICKSTART, mega3d
 from trainer.spec import load_spec
 
 GOLDEN = Path(__file__).parent / "golden" / "quickstart.yaml"
 
 
-def compiled(tmp_path: Path) -> str:
+def compiled(tmp_path: Path, deployment: Deployment | None = None) -> str:
     path = tmp_path / "pipeline.yaml"
-    compile_pipeline(load_spec(QUICKSTART), str(path))
+    compile_pipeline(load_spec(QUICKSTART), str(path), deployment)
     return path.read_text()
 
 
+def pipeline_spec(text: str) -> pipeline_spec_pb2.PipelineSpec:
+    """The IR's first document (the second holds the Kubernetes settings of the steps)."""
+    return json_format.ParseDict(next(yaml.safe_load_all(text)), pipeline_spec_pb2.PipelineSpec())
+
+
 def test_ir_parses_into_a_pipeline_spec(tmp_path: Path) -> None:
-    spec = json_format.ParseDict(yaml.safe_load(compiled(tmp_path)), pipeline_spec_pb2.PipelineSpec())
+    spec = pipeline_spec(compiled(tmp_path))
     assert spec.pipeline_info.name == "mega3d-quickstart"
     tasks = spec.root.dag.tasks
     assert sorted(tasks) == ["condition-branches-1", "prepare-branch", "prepare-run"]
@@ -54,6 +60,28 @@ def test_ir_parses_into_a_pipeline_spec(tmp_path: Path) -> None:
         "classes": "system.Markdown",
         "curves": "system.HTML",
     }
+
+
+def test_steps_are_light_non_root_and_reach_storage_through_a_secret_reference(tmp_path: Path) -> None:
+    deployment = Deployment(credentials_secret="gcs-key", image="registry.example/mega3d:1.0")
+    _, platform = yaml.safe_load_all(compiled(tmp_path, deployment))
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == 8  # every step
+    for executor in executors.values():
+        assert executor["secretAsVolume"] == [
+            {"secretName": "gcs-key", "secretNameParameter": {"runtimeValue": {"constant": "gcs-key"}},
+             "mountPath": "/var/secrets/mega3d", "optional": False}
+        ]  # fmt: skip
+        assert executor["securityContext"] == {"runAsNonRoot": True}
+    spec = pipeline_spec(compiled(tmp_path, deployment))
+    for executor in spec.deployment_spec.fields["executors"].struct_value.fields.values():
+        container = executor.struct_value.fields["container"].struct_value.fields
+        assert container["image"].string_value == "registry.example/mega3d:1.0"
+        resources = container["resources"].struct_value.fields
+        assert resources["cpuRequest"].number_value == 0.25 and "accelerator" not in resources
+        env = {e.struct_value.fields["name"].string_value: e.struct_value.fields["value"].string_value
+               for e in container["env"].list_value.values}  # fmt: skip
+        assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/mega3d/key.json"}
 
 
 def test_quickstart_matches_its_golden_file(tmp_path: Path) -> None:
