@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from cli.cluster import runs_app, schedule_app, submit
 from cli.console import DATA_ERRORS, fail, out
 from cli.data import data_app
 from cli.predict import predict
@@ -111,6 +112,13 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Also show the KFP executor's logs.")
     ] = False,
+    skip_if_trained: Annotated[
+        bool,
+        typer.Option(
+            help="Train nothing for a branch whose pretraining data (by fingerprint) the model registry "
+            "already has a model of, as scheduled runs do."
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster)."""
     experiment = read_spec(spec)
@@ -134,7 +142,7 @@ def run(
     out.print(f"run directory: {run_dir}", soft_wrap=True)
     started = time.monotonic()
     try:
-        run_local(experiment, run_id, verbose)
+        run_local(experiment, run_id, verbose, skip_if_trained)
     except Exception as error:
         fail([f"run {run_id} failed: {error}"], code=1)
     from cli.results import results_table
@@ -202,6 +210,9 @@ def import_model(
 
 
 app.command()(predict)
+app.command()(submit)
+app.add_typer(runs_app, name="runs")
+app.add_typer(schedule_app, name="schedule")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import sys
 import tempfile
+import threading
 import warnings
 from typing import TextIO
 
@@ -22,29 +23,36 @@ EXECUTOR_TAG = "[KFP Executor "
 
 class ExecutorLogFilter(io.TextIOBase):
     """Drops the KFP executor's own INFO lines (including its multi-line dump of every step's inputs) from
-    what kfp.local relays, keeping the steps' output and kfp.local's task status lines."""
+    what kfp.local relays, keeping the steps' output and kfp.local's task status lines.
+
+    Steps of a ParallelFor run in threads that write here at the same time, so each thread's partial line
+    and place in a dump are kept apart."""
 
     def __init__(self, target: TextIO) -> None:
         self.target = target
-        self.pending = ""
-        self.in_dump = False
+        self.pending: dict[int, str] = {}
+        self.dump_end: dict[int, str] = {}  # per thread in a dump: the line that ends it
+        self.lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if self._keep(line):
-                self.target.write(line + "\n")
-        self.target.flush()
+        thread = threading.get_ident()
+        with self.lock:
+            *lines, self.pending[thread] = (self.pending.get(thread, "") + text).split("\n")
+            for line in lines:
+                if self._keep(thread, line):
+                    self.target.write(line + "\n")
+            self.target.flush()
         return len(text)
 
-    def _keep(self, line: str) -> bool:
-        if self.in_dump:
-            # kfp.local indents the step's output by 4 spaces; the dump is JSON closed at column 0.
-            self.in_dump = line != "    }"
+    def _keep(self, thread: int, line: str) -> bool:
+        closing = self.dump_end.get(thread)
+        if closing is not None:
+            if line == closing:
+                del self.dump_end[thread]
             return False
         if EXECUTOR_TAG in line:
-            self.in_dump = line.rstrip().endswith(":")
+            if line.rstrip().endswith(":"):  # the dump's JSON follows, closed by "}" at the tag's indent
+                self.dump_end[thread] = line[: len(line) - len(line.lstrip())] + "}"
             return False
         return True
 

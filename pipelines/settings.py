@@ -19,11 +19,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainer.spec import Problem, SpecError, validation_problems
+from trainer.spec import K8S_NAME, Problem, SpecError, validation_problems
 
 DEFAULT_FILE = Path("~/.config/mega3d/settings.yaml")
 ENV_PREFIX = "MEGA3D_"
-K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # Where a Secret named by credentials_secret is mounted in step and training pods.
 CREDENTIALS_DIR = "/var/secrets/mega3d"
 CREDENTIALS_KEY = "key.json"

@@ -21,6 +21,7 @@ from trainer.model_catalog import FAMILIES, canonical_name, family_of, model_nam
 
 # Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes object name (namespace, queue, ...)
 PRETRAIN = "pretrain"
 
 
@@ -367,9 +368,12 @@ def _dotted(loc: Iterable[int | str]) -> str:
 _FRIENDLY = {
     "extra_forbidden": "unknown field",
     "missing": "required field is missing",
-    # Only names carry a pattern.
-    "string_pattern_mismatch": "must be lowercase letters, digits and '-', start with a letter, "
-    "at most 32 long",
+}
+# Only names carry a pattern: mega3d's own (pods are named after them) and Kubernetes object names.
+_NAME_RULES = {
+    DNS_NAME: "must be lowercase letters, digits and '-', start with a letter, at most 32 long",
+    K8S_NAME: "must be lowercase letters, digits and '-', start and end with a letter or digit, "
+    "at most 63 long",
 }
 
 
@@ -377,6 +381,8 @@ def validation_problems(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors(include_url=False):
         message = _FRIENDLY.get(item["type"], item["msg"])
+        if item["type"] == "string_pattern_mismatch":
+            message = _NAME_RULES.get(item.get("ctx", {}).get("pattern", ""), message)
         if item["type"] not in ("missing",):
             message += f" (got {json.dumps(item['input'], default=str)[:60]})"
         problems.append(Problem(_dotted(item["loc"]), message))
