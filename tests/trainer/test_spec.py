@@ -239,9 +239,8 @@ def test_finetuning_published_checkpoints_needs_no_pretraining() -> None:
     assert spec.stage_names() == ["motion-c"]
     assert spec.under_storage(spec.finetune[0].init_from) == "runs/quickstart/checkpoints/r3d10_K_200ep.pth"
 
-    with pytest.raises(
-        SpecError, match=r"finetune\[0\].init_from: 'pretrain' is neither the pretrain stage \(the spec has none\)"
-    ):
+    expected = r"finetune\[0\].init_from: 'pretrain' is neither the pretrain stage \(the spec has none\)"
+    with pytest.raises(SpecError, match=expected):
         parse_spec(edit(lambda d: d.pop("pretrain")), "bad.yaml")
 
 
