@@ -14,7 +14,15 @@ from typing import Any, Protocol
 
 from components.train import trainer
 from pipelines import registry, reports
-from pipelines.launcher import LOCAL_SCHEDULER, free_port, launch
+from pipelines.launcher import (
+    KUBERNETES_SCHEDULER,
+    LOCAL_SCHEDULER,
+    cluster_app,
+    free_port,
+    job_name,
+    launch,
+    scheduler_cfg,
+)
 from pipelines.settings import Deployment
 from trainer import layout, storage
 from trainer.data.format import DatasetError, DatasetIndex, index_uri, load_index, merge, save_index
@@ -152,10 +160,6 @@ def prepare_target(spec_json: str, stage: str, branch: ArtifactLike, data: Artif
     _write_pointer(data, **location, index=uri, **description)
 
 
-def _app_name(spec: ExperimentSpec, stage: str) -> str:
-    return f"{spec.name[:12].rstrip('-')}-{stage[:12].rstrip('-')}"
-
-
 def _run_trainer(
     spec: ExperimentSpec,
     command: str,
@@ -184,7 +188,7 @@ def _run_trainer(
     resources = stage_spec.resources
     app = trainer(
         *args,
-        name=_app_name(spec, stage),
+        name=job_name(spec.name, stage),
         image=deployment.image or spec.image,
         nnodes=resources.nnodes,
         nproc_per_node=resources.nproc_per_node,
@@ -194,9 +198,12 @@ def _run_trainer(
         max_retries=stage_spec.max_retries,
         rdzv_port=free_port() if scheduler == LOCAL_SCHEDULER else 29500,
     )
+    if scheduler == KUBERNETES_SCHEDULER:
+        app = cluster_app(app, deployment)
     # Locally, keep every replica's log beside the stage's results instead of in a temporary directory.
     local_logs = scheduler == LOCAL_SCHEDULER and "://" not in out
-    launch(app, scheduler, {"log_dir": storage.join(out, "logs")} if local_logs else None)
+    log_dir = storage.join(out, "logs") if local_logs else None
+    launch(app, scheduler, scheduler_cfg(scheduler, deployment, log_dir))
     return _metrics_in(out)
 
 
