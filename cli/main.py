@@ -119,10 +119,23 @@ def run(
             "already has a model of, as scheduled runs do."
         ),
     ] = False,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics",
+            help="Serve every training process's Prometheus metrics on 127.0.0.1, port --metrics-port + "
+            "its rank, for a local Prometheus to scrape.",
+        ),
+    ] = False,
+    metrics_port: Annotated[int, typer.Option(min=1024, max=65000, help="First metrics port.")] = 9400,
+    pushgateway: Annotated[
+        str | None, typer.Option(help="Pushgateway URL that receives each stage's final metrics.")
+    ] = None,
 ) -> None:
     """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster)."""
     experiment = read_spec(spec)
     from pipelines.local import run_local
+    from pipelines.settings import Deployment
     from trainer import layout, storage
 
     if run_id and not RUN_ID.match(run_id):
@@ -142,7 +155,8 @@ def run(
     out.print(f"run directory: {run_dir}", soft_wrap=True)
     started = time.monotonic()
     try:
-        run_local(experiment, run_id, verbose, skip_if_trained)
+        endpoints = Deployment(metrics_port=metrics_port if metrics else None, pushgateway=pushgateway)
+        run_local(experiment, run_id, verbose, skip_if_trained, endpoints)
     except Exception as error:
         fail([f"run {run_id} failed: {error}"], code=1)
     from cli.results import results_table

@@ -15,6 +15,7 @@ from kfp import local
 
 from pipelines.launcher import LOCAL_SCHEDULER
 from pipelines.pipeline import build_pipeline
+from pipelines.settings import Deployment
 from trainer import layout, storage
 from trainer.spec import ExperimentSpec
 
@@ -61,8 +62,13 @@ class ExecutorLogFilter(io.TextIOBase):
 
 
 def run_local(
-    spec: ExperimentSpec, run_id: str, verbose: bool = False, skip_if_trained: bool = False
+    spec: ExperimentSpec,
+    run_id: str,
+    verbose: bool = False,
+    skip_if_trained: bool = False,
+    metrics: Deployment | None = None,
 ) -> None:
+    """`metrics`: where training processes serve and push their metrics (by default they serve none)."""
     """Raises when a step fails (kfp.local stops the pipeline at the first failed task)."""
     run = layout.run_dir(spec, run_id)
     # kfp.local keeps its artifacts on the local disk: beside the run when that is local, else in /tmp.
@@ -76,7 +82,12 @@ def run_local(
     # kfp.local ignores display names and images; both matter only on a cluster, so say nothing of them here.
     warnings.filterwarnings("ignore", message=r"Task '.*': settings \['display_name'\] have no effect")
     warnings.filterwarnings("ignore", message=r"You may be attemping to run a task that uses custom")
-    arguments = {"run_id": run_id, "scheduler": LOCAL_SCHEDULER, "skip_if_trained": skip_if_trained}
+    arguments = {
+        "run_id": run_id,
+        "scheduler": LOCAL_SCHEDULER,
+        "skip_if_trained": skip_if_trained,
+        "cluster_json": (metrics or Deployment(metrics_port=None)).cluster_json(),
+    }
     if verbose:
         pipeline(**arguments)
         return

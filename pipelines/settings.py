@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trainer import environment
 from trainer.spec import K8S_NAME, Problem, SpecError, validation_problems
 
 DEFAULT_FILE = Path("~/.config/mega3d/settings.yaml")
@@ -62,9 +63,25 @@ class Deployment(BaseModel):
     queue: Annotated[str, Field(pattern=K8S_NAME)] = Field(default="default", description="Volcano queue")
     node_selector: dict[str, str] = Field(default={}, description="labels of the GPU nodes to train on")
     tolerations: list[Toleration] = Field(default=[], description="taints of the GPU nodes to tolerate")
+    metrics_port: Annotated[int, Field(ge=1024, le=65000)] | None = Field(
+        default=9400, description="first port of the ranks' Prometheus metrics (+ local rank); null: none"
+    )
+    pushgateway: str | None = Field(
+        default=None, description="Pushgateway URL for each stage's final metrics"
+    )
     max_branches: Annotated[int, Field(ge=1)] = Field(
         default=32, description="most parallel branches a sweep may expand to"
     )
+
+    def trainer_environment(self, one_host: bool) -> dict[str, str]:
+        """What training processes are told of their metrics' endpoints; `one_host` when every process of
+        the job runs on this one machine (TorchX local_cwd)."""
+        variables = {environment.METRICS_PORT: str(self.metrics_port)} if self.metrics_port else {}
+        if one_host and self.metrics_port:
+            variables[environment.METRICS_ONE_HOST] = "1"
+        if self.pushgateway:
+            variables[environment.PUSHGATEWAY] = self.pushgateway
+        return variables
 
     def cluster_json(self) -> str:
         """What pipeline steps need at run time: everything but the API endpoint."""

@@ -197,6 +197,7 @@ def _run_trainer(
         memory_gb=resources.memory_gb,
         max_retries=stage_spec.max_retries,
         rdzv_port=free_port() if scheduler == LOCAL_SCHEDULER else 29500,
+        env=deployment.trainer_environment(one_host=scheduler == LOCAL_SCHEDULER),
     )
     if scheduler == KUBERNETES_SCHEDULER:
         app = cluster_app(app, deployment)

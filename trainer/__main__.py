@@ -61,6 +61,7 @@ def build_job(
         eval_batch_size=spec.evaluation.batch_size,
         cache_dir=stage.cache_dir,
         max_unreadable=stage.max_unreadable,
+        experiment=spec.name,
     )
 
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint = args.init
         evaluation = trainer.evaluate(job.eval_split)
         trainer.write_metrics(evaluation, time.monotonic() - started, checkpoint)
+        trainer.exporter.push(args.command)
         trainer.log(
             f"{job.eval_split}: clip accuracy {evaluation['clip_accuracy']:.3f}  "
             f"video top-1 {evaluation['video_top1']:.3f}  top-5 {evaluation['video_top5']:.3f}  "

@@ -35,6 +35,7 @@ from trainer.data.augment import Augmentation, normalize
 from trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from trainer.data.format import DatasetError, DatasetIndex, load_index
 from trainer.evaluate import RankShare, summarize, summarize_multi_label, top_predictions
+from trainer.exporter import Endpoints, Exporter
 from trainer.layout import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE
 from trainer.model_catalog import canonical_name
 from trainer.models import build_model, load_weights
@@ -81,6 +82,7 @@ class TrainJob:
     eval_batch_size: int = 32
     cache_dir: str | None = None
     max_unreadable: float = 0.01  # fraction of clips per epoch that may fail to decode
+    experiment: str = "mega3d"  # the spec's name, a label of the Prometheus metrics
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,10 @@ class Trainer:
         self.ranks = gather({"rank": self.rank.rank, "pid": os.getpid(), "host": socket.gethostname()})
         self.index: DatasetIndex = load_index(job.data_index)
         self.classes = self.index.classes
+        self.exporter = Exporter(
+            job.experiment, job.stage, self.rank.rank, self.rank.world_size, Endpoints.from_environment()
+        )
+        self.exporter.describe(job.model_name, self.index.fingerprint)
         self.unreadable = 0
         self.model = self._build_model().to(self.rank.device)
         if job.channels_last:
@@ -345,6 +351,7 @@ class Trainer:
                 "unreadable": self.unreadable,
             }
             self.history.append(record)
+            self.exporter.record_epoch(epoch, lr_used, self.rank.device)
             self.save(epoch)
             this_run = [r["seconds"] for r in self.history[-(epoch - self.start_epoch + 1) :]]
             eta = sum(this_run) / len(this_run) * (job.epochs - epoch)
@@ -384,12 +391,15 @@ class Trainer:
         started = last_report = asked = time.monotonic()
         batches = prefetched(loader, self.training_batch, self.rank.device)
         for step, (clips, labels, skipped) in enumerate(batches, 1):
-            totals[3] += time.monotonic() - asked
+            waited = time.monotonic() - asked
+            totals[3] += waited
             failed += skipped.sum()
+            self.exporter.unreadable_videos.inc(int(skipped.sum()))
             update = step % self.job.accumulate == 0 or step == len(loader)
             loss, correct = self.train_step(clips, labels, update)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
+            self.exporter.record_step(now - asked, waited, len(labels), loss)
             if now - last_report > PROGRESS_EVERY_S:
                 last_report = now
                 eta = (now - started) / step * (len(loader) - step)
@@ -437,6 +447,7 @@ class Trainer:
         failed = torch.zeros(1, dtype=torch.float64)
         for clips, labels, _, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
             failed += unreadable
+            self.exporter.unreadable_videos.inc(unreadable)
             if clips is None:
                 continue
             with self.autocast():
@@ -467,6 +478,7 @@ class Trainer:
         loader = self._loader(windows, job.eval_batch_size, shuffle=False)
         for clips, labels, numbers, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
             failed += unreadable
+            self.exporter.unreadable_videos.inc(unreadable)
             if clips is None:
                 continue
             with self.autocast():
@@ -494,6 +506,7 @@ class Trainer:
             predictions = top_predictions(video_sums / video_counts[:, None], self.classes)
             results = {"results": dict(zip(ids, predictions, strict=True))}
             storage.write_json(storage.join(job.out_dir, RESULTS_FILE), results)
+        self.exporter.record_evaluation(metrics)
         per_class_key = "per_class_ap" if self.index.multi_label else "per_class_accuracy"
         per_class = zip(self.classes, metrics.pop(per_class_key), strict=True)
         return {
