@@ -23,6 +23,7 @@ from typing import Any
 from kfp import compiler, dsl, kubernetes
 
 from pipelines import steps
+from pipelines.actions import FINETUNE_ONLY, PRETRAIN_THEN_FINETUNE
 from pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
 from trainer.spec import PRETRAIN, ExperimentSpec
 
@@ -49,6 +50,9 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
     skip = component(steps.skip)
     targets = [stage.name for stage in spec.finetune]
     branches = [branch.name for branch in spec.branches()]
+    # What the branches do: pretrain then fine-tune, or fine-tune only (from scratch or checkpoint files).
+    pretraining = any(spec.for_branch(branch).pretrain for branch in spec.branches())
+    finetuning_only = not all(spec.for_branch(branch).pretrain for branch in spec.branches())
 
     def step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
         # Every run writes a new run directory: a cached step would point at another run's files.
@@ -74,6 +78,33 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
             "prepare run",
         )
 
+        def finetune_targets(prepared: dsl.PipelineTask, init: dict[str, Any]) -> None:
+            """Every target side by side (prepare, fine-tune, evaluate), then register the branch."""
+            with dsl.ParallelFor(targets, name="targets") as stage:
+                target = step(
+                    prepare_target(spec_json=spec_json, stage=stage, branch=prepared.outputs["data"]),
+                    "prepare target",
+                )
+                tuned = finetune(
+                    spec_json=spec_json,
+                    cluster_json=cluster_json,
+                    stage=stage,
+                    scheduler=scheduler,
+                    data=target.outputs["data"],
+                    **init,
+                )
+                step(tuned, "finetune")
+                evaluated = evaluate(
+                    spec_json=spec_json,
+                    cluster_json=cluster_json,
+                    stage=stage,
+                    scheduler=scheduler,
+                    data=target.outputs["data"],
+                    model=tuned.outputs["model"],
+                )
+                step(evaluated, "evaluate")
+            step(register(spec_json=spec_json, branch=prepared.outputs["data"]), "register").after(evaluated)
+
         def train_branch(branch: Any) -> None:
             prepared = step(
                 prepare_branch(
@@ -84,42 +115,20 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
                 ),
                 "prepare data",
             )
-            with dsl.If(prepared.outputs["Output"] == "train", name="new-data"):
-                init = {}
-                if spec.pretrain is not None:
+            action = prepared.outputs["Output"]
+            if pretraining:
+                with dsl.If(action == PRETRAIN_THEN_FINETUNE, name="pretrain-then-finetune"):
                     pretrained = pretrain(
                         spec_json=spec_json,
                         cluster_json=cluster_json,
                         scheduler=scheduler,
                         data=prepared.outputs["data"],
                     )
-                    init = {"init": step(pretrained, PRETRAIN).outputs["model"]}
-                with dsl.ParallelFor(targets, name="targets") as stage:
-                    target = step(
-                        prepare_target(spec_json=spec_json, stage=stage, branch=prepared.outputs["data"]),
-                        "prepare target",
-                    )
-                    tuned = finetune(
-                        spec_json=spec_json,
-                        cluster_json=cluster_json,
-                        stage=stage,
-                        scheduler=scheduler,
-                        data=target.outputs["data"],
-                        **init,
-                    )
-                    step(tuned, "finetune")
-                    evaluated = evaluate(
-                        spec_json=spec_json,
-                        cluster_json=cluster_json,
-                        stage=stage,
-                        scheduler=scheduler,
-                        data=target.outputs["data"],
-                        model=tuned.outputs["model"],
-                    )
-                    step(evaluated, "evaluate")
-                step(register(spec_json=spec_json, branch=prepared.outputs["data"]), "register").after(
-                    evaluated
-                )
+                    finetune_targets(prepared, {"init": step(pretrained, PRETRAIN).outputs["model"]})
+            if finetuning_only:
+                condition = dsl.Elif if pretraining else dsl.If
+                with condition(action == FINETUNE_ONLY, name="finetune-only"):
+                    finetune_targets(prepared, {})
             with dsl.Else(name="trained-before"):
                 step(skip(branch=prepared.outputs["data"]), "skip: trained before")
 

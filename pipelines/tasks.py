@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from components.train import trainer
 from pipelines import registry, reports
+from pipelines.actions import FINETUNE_ONLY, PRETRAIN_THEN_FINETUNE, SKIP
 from pipelines.launcher import (
     KUBERNETES_SCHEDULER,
     LOCAL_SCHEDULER,
@@ -117,8 +118,9 @@ def prepare_branch(
     spec_json: str, name: str, skip_if_trained: bool, run: ArtifactLike, data: ArtifactLike
 ) -> str:
     """A branch's pretraining data: the merge of its datasets (and its subset), as an index that points at
-    the datasets' shards (no video is copied). Returns "skip" when `skip_if_trained` and the registry holds
-    a model of this branch trained on data with the same fingerprint, else "train"."""
+    the datasets' shards (no video is copied). Returns SKIP when `skip_if_trained` and the registry holds
+    a model of this branch trained on data with the same fingerprint, else what the branch trains:
+    PRETRAIN_THEN_FINETUNE, or FINETUNE_ONLY for a branch without pretraining."""
     spec, branch = branch_spec(spec_json, name)
     run_dir = run.metadata["run_dir"]
     branch_dir = layout.branch_dir(run_dir, branch.name)
@@ -133,7 +135,7 @@ def prepare_branch(
     }
     if spec.pretrain is None:
         _write_pointer(data, **metadata)
-        return "train"
+        return FINETUNE_ONLY
     names = list(branch.pretrain_datasets)
     index = merge([(name, load_index(index_uri(spec.dataset_uri(name)))) for name in names])
     if branch.subset:
@@ -145,9 +147,9 @@ def prepare_branch(
     if previous is not None and skip_if_trained:
         metadata["trained_by"] = previous["run_id"]
         _write_pointer(data, **metadata)
-        return "skip"
+        return SKIP
     _write_pointer(data, **metadata)
-    return "train"
+    return PRETRAIN_THEN_FINETUNE
 
 
 def prepare_target(spec_json: str, stage: str, branch: ArtifactLike, data: ArtifactLike) -> None:

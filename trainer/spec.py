@@ -23,6 +23,7 @@ from trainer.model_catalog import FAMILIES, canonical_name, family_of, model_nam
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes object name (namespace, queue, ...)
 PRETRAIN = "pretrain"
+SCRATCH = "scratch"  # init_from: random weights (the paper's baseline without pretraining)
 
 
 def is_checkpoint_uri(init_from: str) -> bool:
@@ -201,7 +202,7 @@ class FinetuneSpec(_StageSpec):
     dataset: str
     init_from: str = Field(
         default=PRETRAIN,
-        description="'pretrain' or a checkpoint URI (relative: under storage)",
+        description="'pretrain', 'scratch' (random weights) or a checkpoint URI (relative: under storage)",
     )
     train_from: str | None = Field(
         default=None,
@@ -216,8 +217,10 @@ class SweepSpec(_Strict):
     """Axes that expand one spec into parallel branches, one per combination of their values; each branch
     pretrains, fine-tunes every target and evaluates on its own (the paper's studies, §4.1-4.4)."""
 
-    pretrain_datasets: list[Annotated[list[str], Field(min_length=1)]] = Field(
-        default=[], description="pretraining merges, e.g. [[kinetics700], [kinetics700, mit]]"
+    pretrain_datasets: list[list[str]] = Field(
+        default=[],
+        description="pretraining merges, e.g. [[], [kinetics700], [kinetics700, mit]]; [] trains the "
+        "targets from scratch",
     )
     family: list[str] = Field(default=[], description="architecture families, e.g. [r3d, r2plus1d]")
     depth: list[PositiveInt] = Field(default=[], description="depths, e.g. [18, 34, 50]")
@@ -276,13 +279,16 @@ class ExperimentSpec(_Strict):
             sweep.category_fraction or [1.0],
             sweep.instance_fraction or [1.0],
         )
-        branches = []
+        branches: list[Branch] = []
         for datasets, family_name, depth_value, categories, instances in axes:
+            if not datasets and (categories, instances) != (1.0, 1.0):
+                continue  # from scratch there is no pretraining data to take a fraction of
+
             parts = [
-                "+".join(datasets) if sweep.pretrain_datasets else "",
+                ("+".join(datasets) or SCRATCH) if sweep.pretrain_datasets else "",
                 f"{family_name}-{depth_value}" if sweep.family or sweep.depth else "",
-                f"c{round(categories * 100)}" if sweep.category_fraction else "",
-                f"i{round(instances * 100)}" if sweep.instance_fraction else "",
+                f"c{round(categories * 100)}" if sweep.category_fraction and datasets else "",
+                f"i{round(instances * 100)}" if sweep.instance_fraction and datasets else "",
             ]
             model = self.model.model_copy(update={"name": f"{family_name}-{depth_value}"})
             name = "_".join(part for part in parts if part)
@@ -290,10 +296,19 @@ class ExperimentSpec(_Strict):
         return branches
 
     def for_branch(self, branch: Branch) -> ExperimentSpec:
-        """The spec as one branch trains it: its model and pretraining datasets, no sweep."""
+        """The spec as one branch trains it: its model and pretraining datasets, no sweep. A branch without
+        pretraining datasets has no pretrain stage, and its targets train from scratch (every module)."""
         update: dict[str, Any] = {"model": branch.model, "sweep": None}
-        if self.pretrain is not None:
+        if self.pretrain is not None and branch.pretrain_datasets:
             update["pretrain"] = self.pretrain.model_copy(update={"datasets": list(branch.pretrain_datasets)})
+        elif self.pretrain is not None:
+            update["pretrain"] = None
+            update["finetune"] = [
+                stage.model_copy(update={"init_from": SCRATCH, "train_from": None})
+                if stage.init_from == PRETRAIN
+                else stage
+                for stage in self.finetune
+            ]
         return self.model_copy(update=update)
 
     def check_branches(self, max_branches: int, source: str) -> None:
@@ -446,13 +461,22 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
                     f"{model.name} has no stage {stage.train_from!r} (one of: {', '.join(stages)})",
                 )
             )
-        # Fine-tune stages run side by side (a ParallelFor), so each starts from pretraining or a file.
-        if not is_checkpoint_uri(stage.init_from) and (stage.init_from != PRETRAIN or spec.pretrain is None):
+        # Fine-tune stages run side by side (a ParallelFor): each starts from pretraining, scratch or a file.
+        known_start = stage.init_from == SCRATCH or (
+            stage.init_from == PRETRAIN and spec.pretrain is not None
+        )
+        if not is_checkpoint_uri(stage.init_from) and not known_start:
             problems.append(
                 Problem(
                     f"finetune[{i}].init_from",
                     f"{stage.init_from!r} is neither the pretrain stage"
-                    f"{'' if spec.pretrain else ' (the spec has none)'} nor a checkpoint URI",
+                    f"{'' if spec.pretrain else ' (the spec has none)'}, scratch, nor a checkpoint URI",
+                )
+            )
+        if stage.init_from == SCRATCH and stage.train_from is not None:
+            problems.append(
+                Problem(
+                    f"finetune[{i}].train_from", "training from scratch trains every module: leave it unset"
                 )
             )
         earlier.append(stage.name)

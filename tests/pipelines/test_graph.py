@@ -91,6 +91,22 @@ def test_a_model_that_does_not_beat_the_champion_is_recorded_not_promoted(
     assert json.loads((registry / "champion.json").read_text())["run_id"] == "first"
 
 
+def test_a_branch_without_pretraining_trains_its_targets_from_scratch(tmp_path: Path) -> None:
+    data = tiny_sweep_spec(tmp_path)
+    data["finetune"] = data["finetune"][:1]
+    data["sweep"] = {"pretrain_datasets": [[], ["motion-a"]]}
+    (tmp_path / "scratch.yaml").write_text(yaml.safe_dump(data))
+    result = mega3d("run", str(tmp_path / "scratch.yaml"), "--run-id", "s", timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    scratch, pretrained = (branch_dir(tmp_path / "store", "s", name) for name in ("scratch", "motion-a"))
+    assert not (scratch / "pretrain").exists() and (pretrained / "pretrain" / "checkpoint.pt").exists()
+    for root in (scratch, pretrained):
+        assert json.loads((root / "motion-c" / "evaluation" / "metrics.json").read_text())["n_videos"] > 0
+    assert json.loads((scratch / "spec.json").read_text())["finetune"][0]["init_from"] == "scratch"
+    trained = json.loads((scratch / "motion-c" / "metrics.json").read_text())
+    assert trained["job"]["init_checkpoint"] is None and trained["job"]["train_from"] is None
+
+
 def record(score: float, evaluation_set: str = "abc:validation") -> dict[str, Any]:
     return {"run_id": "r", "targets": {"ucf101": {"score": score, "evaluation_set": evaluation_set}}}
 
@@ -113,7 +129,7 @@ def test_the_sweep_compiles_into_nested_parallel_fors(tmp_path: Path) -> None:
     loop = ir.components[sweep.component_ref.name].dag
     branches = next(task for name, task in loop.tasks.items() if name.startswith("condition-branches"))
     conditions = ir.components[branches.component_ref.name].dag.tasks.values()
-    train_when = "inputs.parameter_values['pipelinechannel--prepare-branch-Output'] == 'train'"
+    train_when = "inputs.parameter_values['pipelinechannel--prepare-branch-Output'] == 'pretrain'"
     policies = sorted(task.trigger_policy.condition for task in conditions)
     assert policies == [f"!({train_when})", train_when]  # If and Else
     trained = next(task for task in conditions if "!(" not in task.trigger_policy.condition)

@@ -124,6 +124,26 @@ MISTAKES = {
         lambda d: d["pretrain"]["clip"].update(mean=[0.4, 0.4]),
         "pretrain.clip.mean[2]: required field is missing",
     ),
+    "unknown sweep family": (
+        lambda d: d.update(sweep={"family": ["r3d", "r4d"]}),
+        "sweep.family[1]: unknown family 'r4d'",
+    ),
+    "sweep depth that is no model": (
+        lambda d: d.update(sweep={"depth": [10, 19]}),
+        "sweep.depth: r3d-19 is not a model",
+    ),
+    "sweep value twice": (
+        lambda d: d.update(sweep={"category_fraction": [0.5, 0.5]}),
+        "sweep.category_fraction[1]: 0.5 is listed twice",
+    ),
+    "sweep of an unknown dataset": (
+        lambda d: d.update(sweep={"pretrain_datasets": [["motion-a"], ["kinetics"]]}),
+        "sweep.pretrain_datasets[1][0]: unknown dataset 'kinetics'",
+    ),
+    "scratch with a freeze point": (
+        lambda d: d["finetune"][0].update(init_from="scratch"),
+        "finetune[0].train_from: training from scratch trains every module: leave it unset",
+    ),
     "unknown field": (lambda d: d["pretrain"].update(epoch=3), "pretrain.epoch: unknown field"),
     "wrong type": (lambda d: d["pretrain"].update(batch_size="many"), "pretrain.batch_size: Input should be"),
     "negative epochs": (
@@ -149,7 +169,7 @@ MISTAKES = {
     ),
     "bad init_from": (
         lambda d: d["finetune"][0].update(init_from="later"),
-        "finetune[0].init_from: 'later' is neither the pretrain stage nor a checkpoint URI",
+        "finetune[0].init_from: 'later' is neither the pretrain stage, scratch, nor a checkpoint URI",
     ),
     "missing field": (lambda d: d.pop("storage"), "storage: required field is missing"),
     "not DNS-safe": (
@@ -260,6 +280,27 @@ def test_a_spec_that_is_not_text_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(SpecError, match="cannot read: not UTF-8 text"):
         load_spec(path)
+
+
+def test_a_sweep_expands_into_named_branches() -> None:
+    data = quickstart_data()
+    data["sweep"] = {
+        "pretrain_datasets": [[], ["motion-a"]],
+        "depth": [10, 18],
+        "instance_fraction": [0.5, 1],
+    }
+    spec = parse_spec(data)
+    names = [branch.name for branch in spec.branches()]
+    assert names == [
+        "scratch_r3d-10", "scratch_r3d-18",
+        "motion-a_r3d-10_i50", "motion-a_r3d-10_i100", "motion-a_r3d-18_i50", "motion-a_r3d-18_i100",
+    ]  # fmt: skip
+    scratch = spec.for_branch(spec.branches()[1])
+    assert scratch.pretrain is None and scratch.model.name == "r3d-18"
+    assert (scratch.finetune[0].init_from, scratch.finetune[0].train_from) == ("scratch", None)
+    assert parse_spec(scratch.model_dump(exclude_none=True)) == scratch  # a branch's spec is a valid spec
+    with pytest.raises(SpecError, match="sweep: expands to 6 branches, more than max_branches 5"):
+        spec.check_branches(5, "spec")
 
 
 def test_a_global_batch_is_shared_by_processes_and_accumulated_steps() -> None:
