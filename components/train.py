@@ -22,6 +22,7 @@ def trainer(
     max_retries: int = 0,
     rdzv_port: int = 29500,
     env: dict[str, str] | None = None,
+    metrics_port: int = 0,
 ) -> specs.AppDef:
     """`python -m trainer TRAINER_ARGS` under torchrun on nnodes x nproc_per_node processes (DDP).
 
@@ -37,9 +38,11 @@ def trainer(
         max_retries: whole-job restarts; training resumes from its last checkpoint
         rdzv_port: torchrun rendezvous port; jobs sharing a machine need different ports
         env: extra environment variables
+        metrics_port: first port of the processes' Prometheus metrics (one per local rank, named
+            metrics-0, metrics-1, ... for the PodMonitor); 0: none
     """
     threads = max(1, cpu // nproc_per_node)
-    return dist.torchrun(
+    app = dist.torchrun(
         *trainer_args,
         m="trainer",
         name=name,
@@ -52,3 +55,7 @@ def trainer(
         max_retries=max_retries,
         rdzv_port=rdzv_port,
     )
+    if metrics_port:
+        for role in app.roles:
+            role.port_map.update({f"metrics-{i}": metrics_port + i for i in range(nproc_per_node)})
+    return app

@@ -80,7 +80,8 @@ def scheduler_cfg(scheduler: str, deployment: Deployment, log_dir: str | None) -
 def cluster_app(app: AppDef, deployment: Deployment) -> AppDef:
     """A copy of the app, ready for the kubernetes scheduler on the deployment's cluster.
 
-    Pods run as non-root, as the pipeline's steps do with the same image. Roles that use GPUs get the node
+    Pods run as non-root, as the pipeline's steps do with the same image, and without an Istio sidecar.
+    Roles that use GPUs get the node
     selector and tolerations of the GPU nodes. With `credentials_secret` set, every pod mounts that Secret
     read-only at CREDENTIALS_DIR (its files are world-readable, whatever user the image runs as) and
     GOOGLE_APPLICATION_CREDENTIALS points at its key file; only the Secret's name enters the job.
@@ -105,7 +106,9 @@ def cluster_app(app: AppDef, deployment: Deployment) -> AppDef:
             }
             pod_spec[JOIN("volumes", on="name")] = [volume]
             role.env["GOOGLE_APPLICATION_CREDENTIALS"] = f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}"
-        set_overlay(role, KUBERNETES_SCHEDULER, "V1Pod", {"spec": pod_spec})
+        # Kubeflow's profile namespaces inject Istio sidecars, which would keep a finished pod running.
+        metadata = {"annotations": {"sidecar.istio.io/inject": "false"}}
+        set_overlay(role, KUBERNETES_SCHEDULER, "V1Pod", {"metadata": metadata, "spec": pod_spec})
     return app
 
 

@@ -200,6 +200,7 @@ def _run_trainer(
         max_retries=stage_spec.max_retries,
         rdzv_port=free_port() if scheduler == LOCAL_SCHEDULER else 29500,
         env=deployment.trainer_environment(one_host=scheduler == LOCAL_SCHEDULER),
+        metrics_port=deployment.metrics_port or 0,  # container ports for the PodMonitor (a cluster only)
     )
     if scheduler == KUBERNETES_SCHEDULER:
         app = cluster_app(app, deployment)
