@@ -618,4 +618,8 @@ def summary(spec: ExperimentSpec) -> str:
         f"{s.name}({s.dataset}{'' if s.init_from in spec.stage_names() else ' from ' + s.init_from})"
         for s in spec.finetune
     )
-    return f"{spec.name}: {spec.model.name}; {pretraining}fine-tune {targets}; storage {spec.storage}"
+    branches = spec.branches()
+    sweep = (
+        f"sweep of {len(branches)} branches ({', '.join(b.name for b in branches)}); " if spec.sweep else ""
+    )
+    return f"{spec.name}: {spec.model.name}; {pretraining}fine-tune {targets}; {sweep}storage {spec.storage}"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from pipelines.pipeline import compile_pipeline
 from pipelines.settings import Deployment
-from tests.conftest import QUICKSTART, mega3d
+from tests.conftest import QUICKSTART, ROOT, mega3d
 from trainer.spec import load_spec
 
 GOLDEN = Path(__file__).parent / "golden" / "quickstart.yaml"
@@ -84,14 +84,27 @@ def test_steps_are_light_non_root_and_reach_storage_through_a_secret_reference(t
         assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/mega3d/key.json"}
 
 
-def test_quickstart_matches_its_golden_file(tmp_path: Path) -> None:
-    """Compiling is deterministic. After an intended change: UPDATE_GOLDEN=1 pytest tests/pipelines."""
-    text = compiled(tmp_path)
-    (tmp_path / "again").mkdir()
-    assert compiled(tmp_path / "again") == text
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
+
+
+def golden_of(example: Path) -> Path:
+    """examples/quickstart.yaml: golden/quickstart.yaml; examples/paper/4.3-x.yaml: golden/paper-4.3-x.yaml"""
+    return GOLDEN.parent / "-".join(example.relative_to(ROOT / "examples").parts)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: str(path.relative_to(ROOT / "examples")))
+def test_every_example_compiles_deterministically_to_its_golden_file(example: Path, tmp_path: Path) -> None:
+    """After an intended change: UPDATE_GOLDEN=1 pytest tests/pipelines."""
+    texts = []
+    for attempt in ("first", "again"):
+        path = tmp_path / f"{attempt}.yaml"
+        compile_pipeline(load_spec(example), str(path))
+        texts.append(path.read_text())
+    assert texts[0] == texts[1]
+    pipeline_spec(texts[0])  # the IR parses into a PipelineSpec
     if os.environ.get("UPDATE_GOLDEN"):
-        GOLDEN.write_text(text)
-    assert text == GOLDEN.read_text()
+        golden_of(example).write_text(texts[0])
+    assert texts[0] == golden_of(example).read_text()
 
 
 def test_compile_command_writes_the_file_or_nothing(tmp_path: Path) -> None:
