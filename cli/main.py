@@ -20,6 +20,7 @@ from cli.cluster import runs_app, schedule_app, submit
 from cli.console import DATA_ERRORS, fail, out
 from cli.data import data_app
 from cli.predict import predict
+from cli.report import report
 from trainer.spec import ExperimentSpec, SpecError, load_spec, summary
 
 app = typer.Typer(
@@ -225,6 +226,7 @@ def import_model(
 
 app.command()(predict)
 app.command()(submit)
+app.command()(report)
 app.add_typer(runs_app, name="runs")
 app.add_typer(schedule_app, name="schedule")
 

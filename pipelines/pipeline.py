@@ -24,10 +24,10 @@ from kfp import compiler, dsl, kubernetes
 
 from pipelines import steps
 from pipelines.actions import FINETUNE_ONLY, PRETRAIN_THEN_FINETUNE
+from pipelines.launcher import KUBERNETES_SCHEDULER
 from pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
 from trainer.spec import PRETRAIN, ExperimentSpec
 
-CLUSTER_SCHEDULER = "kubernetes"
 STEP_CPU = "250m"
 STEP_MEMORY = "1G"
 
@@ -70,7 +70,7 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
         spec_json: str = spec.model_dump_json(exclude_none=True),
         cluster_json: str = deployment.cluster_json(),
         run_id: str = "",
-        scheduler: str = CLUSTER_SCHEDULER,
+        scheduler: str = KUBERNETES_SCHEDULER,
         skip_if_trained: bool = False,
     ) -> None:
         run = step(
