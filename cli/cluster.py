@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -410,6 +410,15 @@ def list_schedules(
     out.print(table)
 
 
+def change_recurring_run(
+    target: Target, recurring_run_id: str, change: Callable[[Cluster, str], None], done: str
+) -> None:
+    """Pause, resume or delete a recurring run, and say so."""
+    with connected(target) as cluster:
+        change(cluster, recurring_run_id)
+    out.print(f"{done} recurring run {recurring_run_id}", soft_wrap=True)
+
+
 @schedule_app.command()
 def pause(
     recurring_run_id: RecurringRunId,
@@ -420,9 +429,7 @@ def pause(
 ) -> None:
     """Stop starting runs (a run in progress goes on); `mega3d schedule resume` starts again."""
     target = target_of(settings, token, host=host, namespace=namespace)
-    with connected(target) as cluster:
-        cluster.pause(recurring_run_id)
-    out.print(f"paused recurring run {recurring_run_id}", soft_wrap=True)
+    change_recurring_run(target, recurring_run_id, lambda cluster, run: cluster.pause(run), "paused")
 
 
 @schedule_app.command()
@@ -435,9 +442,7 @@ def resume(
 ) -> None:
     """Start runs again on the schedule; runs missed while paused are not made up (no catch-up)."""
     target = target_of(settings, token, host=host, namespace=namespace)
-    with connected(target) as cluster:
-        cluster.resume(recurring_run_id)
-    out.print(f"resumed recurring run {recurring_run_id}", soft_wrap=True)
+    change_recurring_run(target, recurring_run_id, lambda cluster, run: cluster.resume(run), "resumed")
 
 
 @schedule_app.command()
@@ -450,6 +455,4 @@ def delete(
 ) -> None:
     """Delete a recurring run; the runs it started are kept."""
     target = target_of(settings, token, host=host, namespace=namespace)
-    with connected(target) as cluster:
-        cluster.delete(recurring_run_id)
-    out.print(f"deleted recurring run {recurring_run_id}", soft_wrap=True)
+    change_recurring_run(target, recurring_run_id, lambda cluster, run: cluster.delete(run), "deleted")
