@@ -474,21 +474,21 @@ def _figures(report: Report) -> tuple[dict[str, Callable[[Path], None]], dict[st
             depth_series(report),
             "depth (layers)",
             "Video top-1 vs depth",
-            "no family, pretraining and target has results at two or more depths",
+            "no family, pretraining and target has results at two or more depths (no depth sweep)",
         ),
         (
             CATEGORIES_FIGURE,
             fraction_series(report, "categories"),
             "pretraining categories kept (%)",
             "Video top-1 vs pretraining categories",
-            "no pretraining data and architecture has results at two or more category fractions",
+            "no run swept the fraction of pretraining categories (results at two or more fractions)",
         ),
         (
             INSTANCES_FIGURE,
             fraction_series(report, "instances"),
             "pretraining instances per category kept (%)",
             "Video top-1 vs pretraining instances",
-            "no pretraining data and architecture has results at two or more instance fractions",
+            "no run swept the fraction of instances per category (results at two or more fractions)",
         ),
     ):
         if series:
