@@ -8,6 +8,7 @@ promtool comes with Debian's `prometheus` package; without it those tests are sk
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -132,9 +133,9 @@ def test_the_metric_check_catches_unknown_names() -> None:
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.skip(
-            "promtool not found: install Debian's `prometheus` package (the Makefile's test set-up does)"
-        )
+        # make test installs the servers: in CI their absence is a broken set-up, not a reason to skip
+        missing = pytest.fail if os.environ.get("CI") else pytest.skip
+        missing("promtool not found: install Debian's `prometheus` package (the Makefile's test set-up does)")
     return found
 
 

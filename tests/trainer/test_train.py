@@ -427,21 +427,10 @@ def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
 ) -> None:
     """Four epochs straight, against two epochs, a stop, and a restart of the same job: the same learning
     rates, steps, losses and weights (the random state of clip sampling and augmentation is restored)."""
-    fields: dict[str, Any] = {
-        "stage": "pretrain",
-        "data_index": index_uri(tiny_dataset),
-        "model_name": "r3d-10",
-        "model_options": {"widen_factor": 0.125},
-        "batch_size": 4,
-        "clip_frames": 4,
-        "augmentation": Augmentation(size=16),
-        "seed": 3,
-        "schedule": "multistep",
-        "milestones": (3,),
-        "lr": 0.05,
-    }
-    straight = run_to(TrainJob(out_dir=str(tmp_path / "straight"), epochs=4, **fields), monkeypatch)
-    run_to(TrainJob(out_dir=str(tmp_path / "stopped"), epochs=4, **fields, checkpoint_every=2), monkeypatch)
+    recipe: dict[str, Any] = {"seed": 3, "schedule": "multistep", "milestones": (3,), "lr": 0.05, "epochs": 4}
+    straight = run_to(tiny_job(tiny_dataset, tmp_path / "straight", **recipe), monkeypatch)
+    stopped = tiny_job(tiny_dataset, tmp_path / "stopped", **recipe, checkpoint_every=2)
+    run_to(stopped, monkeypatch)
     # The stopped run is the same job: cut its checkpoints back to epoch 2, as if it had died in epoch 3.
     checkpoints = tmp_path / "stopped" / "checkpoints"
     (checkpoints / "epoch-00004.pt").unlink()
@@ -451,9 +440,7 @@ def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
     (checkpoints / "latest.json").write_text(
         json.dumps({"epoch": 2, "file": "epoch-00002.pt", "sha256": hashlib.sha256(two).hexdigest()})
     )
-    resumed = run_to(
-        TrainJob(out_dir=str(tmp_path / "stopped"), epochs=4, **fields, checkpoint_every=2), monkeypatch
-    )
+    resumed = run_to(stopped, monkeypatch)
     assert resumed.start_epoch == 3 and resumed.step == straight.step
     for key in ("lr", "train_loss", "val_loss"):
         assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in straight.history]), key
