@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import random
 import re
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from types import FrameType
 
 from torchx.runner import Runner, get_runner
@@ -36,6 +38,8 @@ APP_NAME_LIMIT = 63 - len("-") - 14 - len("-trainer-999-0")
 # How often a job's status is read: on a cluster each reading costs a request per node (TorchX looks up
 # every pod), and a training job runs for hours.
 STATUS_POLL_SECONDS = {LOCAL_SCHEDULER: 1.0, KUBERNETES_SCHEDULER: 5.0}
+# Ports chosen for local jobs lie above the well-known services' (Prometheus 9090, metrics 9400...).
+PORT_FLOOR = 10000
 # How soon a cluster log is opened again: its pod may not exist yet, or Volcano may have replaced it.
 LOG_RETRY_SECONDS = 5.0
 
@@ -45,9 +49,32 @@ class LaunchError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
+    """A loopback port that is free now and that the kernel does not hand out by itself.
+
+    A local job's rendezvous port is chosen before its processes start and kept for its restarts; a port of
+    the ephemeral range could meanwhile become the source port of an outgoing connection, and the job's
+    store could then not listen on it.
+    """
+    ephemeral_start = _ephemeral_port_range()[0]
+    if ephemeral_start - PORT_FLOOR >= 1000:
+        for port in random.sample(range(PORT_FLOOR, ephemeral_start), 100):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as probe:  # a machine whose ephemeral range leaves no room below it
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return int(low), int(high)
 
 
 def job_name(experiment: str, stage: str) -> str:
@@ -188,7 +215,15 @@ def _run(app: AppDef, scheduler: str, cfg: Mapping[str, CfgVal] | None) -> tuple
     if scheduler == LOCAL_SCHEDULER:
         # local_cwd starts `torchrun` from PATH: use the one beside this interpreter.
         os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    runner = get_runner()
+    # Closed on leaving, not whenever it is garbage-collected: closing a local runner kills its jobs' process
+    # groups, which must not happen once their ids may belong to a later attempt's processes.
+    with get_runner() as runner:
+        return _submit_and_follow(runner, app, scheduler, cfg)
+
+
+def _submit_and_follow(
+    runner: Runner, app: AppDef, scheduler: str, cfg: Mapping[str, CfgVal] | None
+) -> tuple[str, AppState, str]:
     handle = runner.run(app, scheduler=scheduler, cfg=cfg)
     print(f"launched {handle}", flush=True)
 

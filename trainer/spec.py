@@ -171,7 +171,7 @@ class _StageSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     resources: ResourcesSpec = ResourcesSpec()
     max_retries: Annotated[int, Field(ge=0)] = 0
-    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (for GPUs)")
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (GPUs only)")
     channels_last: bool = Field(default=False, description="channels_last_3d memory format (for GPUs)")
     compile: bool = Field(
         default=False, description="torch.compile the training step (minutes of compiling)."
@@ -420,9 +420,10 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
     for path, stage in spec.stages():
         res = stage.resources
         problems += _schedule_problems(path, stage)
-        if not res.gpus and stage.precision == "bf16" and stage.channels_last:
-            # PyTorch's CPU kernels crash on bf16 channels_last_3d convolutions (seen with torch 2.13).
-            problems.append(Problem(f"{path}.channels_last", "bf16 with channels_last needs GPUs (gpus: 0)"))
+        if not res.gpus and stage.precision == "bf16":
+            # PyTorch's CPU bf16 3D convolutions crash (with channels_last_3d) or return non-finite
+            # gradients on some CPUs (seen with torch 2.13), and are no faster than fp32 there.
+            problems.append(Problem(f"{path}.precision", "bf16 needs GPUs (gpus: 0); use fp32 on CPUs"))
         if stage.sync_batchnorm and not res.gpus:
             problems.append(Problem(f"{path}.sync_batchnorm", "SyncBatchNorm needs GPUs (gpus: 0)"))
         if res.gpus and res.nproc_per_node > res.gpus:

@@ -200,6 +200,8 @@ class Trainer:
         on_gpu = self.rank.device.type == "cuda"
         if on_gpu:
             torch.backends.cudnn.benchmark = True  # clips have one shape: pick the fastest kernels once
+        # A GPU stage run where torch sees no GPU trains in fp32: CPU bf16 3D convolutions are unreliable.
+        self.bf16 = job.precision == "bf16" and on_gpu
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.rank.device.index] if on_gpu else None
         )
@@ -215,6 +217,8 @@ class Trainer:
         # Multi-label data (several tags per video, e.g. HVU): one sigmoid per class.
         self.loss_fn = nn.BCEWithLogitsLoss() if self.index.multi_label else nn.CrossEntropyLoss()
         self._resume()
+        if job.precision == "bf16" and not self.bf16:
+            self.log("no GPU here: training in fp32 instead of bf16")
         members = ", ".join(f"rank {r['rank']} pid {r['pid']}" for r in self.ranks)
         self.log(
             f"world size {self.rank.world_size} ({members}); "
@@ -378,9 +382,7 @@ class Trainer:
         return (None if clips is None else self.model_input(clips), *rest)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(
-            self.rank.device.type, dtype=torch.bfloat16, enabled=self.job.precision == "bf16"
-        )
+        return torch.autocast(self.rank.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def train_epoch(self, loader: DataLoader[Any], epoch: int) -> dict[str, float]:
         """One pass over the training clips: loss, accuracy, clips, and the share of the time spent waiting

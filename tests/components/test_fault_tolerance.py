@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from components.train import trainer
-from pipelines.launcher import free_port, launch
+from pipelines.launcher import LaunchError, free_port, launch
 from trainer.data.format import index_uri
 from trainer.data.synth import synthesize
 from trainer.spec import SyntheticSpec, parse_spec
@@ -36,7 +36,8 @@ STAGE = {
 }
 
 
-def train_stage(spec: Path, dataset: str, out: Path) -> None:
+def train_stage(spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Train the stage; a failed launch fails the test with the end of the job's log, not all of it."""
     app = trainer(
         "train",
         "--spec",
@@ -54,7 +55,11 @@ def train_stage(spec: Path, dataset: str, out: Path) -> None:
         max_retries=1,
         rdzv_port=free_port(),
     )
-    launch(app, "local_cwd", {"log_dir": str(out / "logs")})
+    try:
+        launch(app, "local_cwd", {"log_dir": str(out / "logs")})
+    except LaunchError as error:
+        tail = "\n".join(capsys.readouterr().out.splitlines()[-60:])
+        pytest.fail(f"{error}\nthe end of its log:\n{tail}", pytrace=False)
 
 
 def training_process_of_rank(rank: int, out: Path) -> int | None:
@@ -98,7 +103,7 @@ def test_a_killed_node_costs_at_most_one_checkpoint_interval(
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(spec.model_dump_json())
 
-    train_stage(spec_file, dataset, tmp_path / "straight")
+    train_stage(spec_file, dataset, tmp_path / "straight", capsys)
     capsys.readouterr()
 
     interrupted = tmp_path / "interrupted"
@@ -117,7 +122,9 @@ def test_a_killed_node_costs_at_most_one_checkpoint_interval(
 
     killer = threading.Thread(target=kill_node_1_after_a_checkpoint, daemon=True)
     killer.start()
-    train_stage(spec_file, dataset, interrupted)  # the launcher handles signals: the main thread runs it
+    train_stage(
+        spec_file, dataset, interrupted, capsys
+    )  # the launcher handles signals: the main thread runs it
     killer.join(timeout=1)
     assert killed_after and 2 <= killed_after[0] < STAGE["epochs"], "node 1 was not killed during training"
     log = capsys.readouterr().out

@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import io
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 from torchx import specs
 
-from pipelines.launcher import LaunchError, launch
+from pipelines.launcher import PORT_FLOOR, LaunchError, free_port, launch
 from pipelines.local import ExecutorLogFilter
 
 
@@ -66,3 +67,14 @@ def test_executor_noise_is_filtered_and_step_output_kept() -> None:
     for piece in (relayed[:50], relayed[50:]):  # lines may arrive split
         writer.write(piece)
     assert target.getvalue() == "    step output line\nTask 'x' finished with status SUCCESS\n"
+
+
+def test_local_job_ports_lie_below_the_ephemeral_range() -> None:
+    """Nothing the kernel hands out by itself can take a chosen port before the job listens on it."""
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(PORT_FLOOR <= port < ephemeral_start for port in ports)
+    assert len(ports) > 1  # chosen at random, so that jobs starting together rarely collide
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", ports.pop()))  # free: a job's store can listen there
+        listener.listen()

@@ -45,9 +45,9 @@ def edit(change: callable) -> dict:
 
 
 MISTAKES = {
-    "bf16 channels_last on CPU": (
-        lambda d: d["finetune"][0].update(precision="bf16", channels_last=True),
-        "finetune[0].channels_last: bf16 with channels_last needs GPUs",
+    "bf16 on CPU": (
+        lambda d: d["finetune"][0].update(precision="bf16"),
+        "finetune[0].precision: bf16 needs GPUs (gpus: 0)",
     ),
     "negative seed": (
         lambda d: d["datasets"]["motion-a"]["synthetic"].update(seed=-1),
