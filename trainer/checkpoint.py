@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import re
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ FORMAT = "mega3d-checkpoint/1"
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
+EPOCH_FILE = re.compile(r"epoch-\d{5,}\.pt")
 
 
 def _serialized(state: dict[str, Any]) -> bytes:
@@ -45,9 +47,9 @@ class CheckpointError(RuntimeError):
 
 def save_epoch(stage_dir: str, epoch: int, state: dict[str, Any], keep: int) -> str:
     """Write an epoch's checkpoint, verify it, move the `latest` pointer to it, then delete all but the
-    newest `keep` epoch files. Returns the file's URI."""
+    newest `keep` epoch files, and the partial files of an earlier, killed attempt. Returns the file's URI."""
     directory = storage.join(stage_dir, CHECKPOINTS_DIR)
-    name = f"epoch-{epoch:05d}.pt"
+    name = f"epoch-{epoch:05d}.pt"  # matches EPOCH_FILE
     data = _serialized(state)
     digest = hashlib.sha256(data).hexdigest()
     uri = storage.join(directory, name)
@@ -55,10 +57,16 @@ def save_epoch(stage_dir: str, epoch: int, state: dict[str, Any], keep: int) -> 
     if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
         raise CheckpointError(f"{uri}: what was read back differs from what was written")
     storage.write_json(storage.join(directory, LATEST_FILE), {"epoch": epoch, "file": name, "sha256": digest})
-    epochs = sorted(
-        path for path in storage.list_dir(directory) if posixpath.basename(path).startswith("epoch-")
-    )
-    for old in epochs[:-keep]:
+    paths = storage.list_dir(directory)
+    epochs = sorted(path for path in paths if EPOCH_FILE.fullmatch(posixpath.basename(path)))
+    # What else is named like an epoch file is what a writer killed mid-write left beside it.
+    leftovers = [
+        path
+        for path in paths
+        if posixpath.basename(path).startswith("epoch-")
+        and not EPOCH_FILE.fullmatch(posixpath.basename(path))
+    ]
+    for old in epochs[:-keep] + leftovers:
         storage.remove(old)
     return uri
 

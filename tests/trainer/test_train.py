@@ -455,8 +455,11 @@ def test_epoch_checkpoints_are_verified_kept_few_and_found_through_their_pointer
     tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = tiny_job(tiny_dataset, tmp_path, epochs=3, keep_checkpoints=2)
-    run_to(job, monkeypatch)
     checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    # An earlier attempt was killed while it wrote epoch 3 (which this one writes again).
+    (checkpoints / "epoch-00003.pt.partial-0badf00d").write_bytes(b"what a killed writer left")
+    run_to(job, monkeypatch)
     assert sorted(p.name for p in checkpoints.iterdir()) == [
         "epoch-00002.pt",
         "epoch-00003.pt",
