@@ -55,7 +55,7 @@ def free_port() -> int:
     the ephemeral range could meanwhile become the source port of an outgoing connection, and the job's
     store could then not listen on it.
     """
-    ephemeral_start = _ephemeral_port_range()[0]
+    ephemeral_start = _ephemeral_port_start()
     if ephemeral_start - PORT_FLOOR >= 1000:
         for port in random.sample(range(PORT_FLOOR, ephemeral_start), 100):
             with socket.socket() as probe:
@@ -69,12 +69,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _ephemeral_port_range() -> tuple[int, int]:
+def _ephemeral_port_start() -> int:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-    return int(low), int(high)
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def job_name(experiment: str, stage: str) -> str:

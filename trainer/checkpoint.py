@@ -57,15 +57,10 @@ def save_epoch(stage_dir: str, epoch: int, state: dict[str, Any], keep: int) -> 
     if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
         raise CheckpointError(f"{uri}: what was read back differs from what was written")
     storage.write_json(storage.join(directory, LATEST_FILE), {"epoch": epoch, "file": name, "sha256": digest})
-    paths = storage.list_dir(directory)
-    epochs = sorted(path for path in paths if EPOCH_FILE.fullmatch(posixpath.basename(path)))
+    names = {posixpath.basename(path): path for path in storage.list_dir(directory)}
+    epochs = sorted(path for name, path in names.items() if EPOCH_FILE.fullmatch(name))
     # What else is named like an epoch file is what a writer killed mid-write left beside it.
-    leftovers = [
-        path
-        for path in paths
-        if posixpath.basename(path).startswith("epoch-")
-        and not EPOCH_FILE.fullmatch(posixpath.basename(path))
-    ]
+    leftovers = [path for name, path in names.items() if name.startswith("epoch-") and path not in epochs]
     for old in epochs[:-keep] + leftovers:
         storage.remove(old)
     return uri

@@ -122,9 +122,8 @@ def test_a_killed_node_costs_at_most_one_checkpoint_interval(
 
     killer = threading.Thread(target=kill_node_1_after_a_checkpoint, daemon=True)
     killer.start()
-    train_stage(
-        spec_file, dataset, interrupted, capsys
-    )  # the launcher handles signals: the main thread runs it
+    # The launcher handles signals, so the main thread runs it and the killer runs beside it.
+    train_stage(spec_file, dataset, interrupted, capsys)
     killer.join(timeout=1)
     assert killed_after and 2 <= killed_after[0] < STAGE["epochs"], "node 1 was not killed during training"
     log = capsys.readouterr().out
