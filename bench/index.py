@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.data.format import (
+from mega3d.trainer.data.format import (
     COLUMNS,
     DIGEST_BYTES,
     KEY_EVERY,

@@ -57,11 +57,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.gcs_emulator
+from mega3d.trainer.data.augment import Augmentation, normalize
+from mega3d.trainer.data.clips import TrainingClips
+from mega3d.trainer.data.format import JPEG_QUALITY, DatasetIndex, index_uri, load_index
+from mega3d.trainer.data.ingest import Options, Source, SourceVideo, ingest
 from tests.gcs_emulator import gcs_emulator
-from trainer.data.augment import Augmentation, normalize
-from trainer.data.clips import TrainingClips
-from trainer.data.format import JPEG_QUALITY, DatasetIndex, index_uri, load_index
-from trainer.data.ingest import Options, Source, SourceVideo, ingest
 
 CLIP_FRAMES = 16
 CLIP_SIZE = 112

@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from trainer.models import build_model
+from mega3d.trainer.models import build_model
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3))}
 

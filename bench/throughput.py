@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.data.augment import Augmentation, normalize
-from trainer.data.clips import TrainingClips
-from trainer.data.format import index_uri, load_index
-from trainer.data.synth import synthesize
-from trainer.models import build_model
-from trainer.spec import SyntheticSpec
+from mega3d.trainer.data.augment import Augmentation, normalize
+from mega3d.trainer.data.clips import TrainingClips
+from mega3d.trainer.data.format import index_uri, load_index
+from mega3d.trainer.data.synth import synthesize
+from mega3d.trainer.models import build_model
+from mega3d.trainer.spec import SyntheticSpec
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer.data.augment import Augmentation
-from trainer.data.format import index_uri
-from trainer.data.synth import synthesize
-from trainer.models import build_model
-from trainer.spec import SyntheticSpec
-from trainer.train import Trainer, TrainJob
+from mega3d.trainer.data.augment import Augmentation
+from mega3d.trainer.data.format import index_uri
+from mega3d.trainer.data.synth import synthesize
+from mega3d.trainer.models import build_model
+from mega3d.trainer.spec import SyntheticSpec
+from mega3d.trainer.train import Trainer, TrainJob
 
 CLIP_FRAMES = 16
 CLIP_SIZE = 112

@@ -22,8 +22,8 @@ def mega3d(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproce
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 3-class synthetic dataset small enough to train on in seconds."""
-    from trainer.data.synth import synthesize
-    from trainer.spec import SyntheticSpec
+    from mega3d.trainer.data.synth import synthesize
+    from mega3d.trainer.spec import SyntheticSpec
 
     uri = str(tmp_path_factory.mktemp("data") / "tiny")
     synthesize(uri, SyntheticSpec(classes=3, videos_per_class=6, frames=10, size=24, seed=7))

@@ -27,12 +27,9 @@ COPY pyproject.toml constraints.txt README.md ./
 RUN python -c "import re, sys, tomllib; skip = set(sys.argv[1:]); deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.match(r'[A-Za-z0-9._-]+', d)[0].lower() not in skip))" $TRAINING_ONLY > /tmp/requirements.txt \
  && python -m pip install -c constraints.txt -r /tmp/requirements.txt
 
-COPY trainer ./trainer
-COPY components ./components
-COPY pipelines ./pipelines
-COPY cli ./cli
+COPY mega3d ./mega3d
 RUN python -m pip install --no-deps . \
- && python -c "import pipelines.steps, pipelines.tasks, pipelines.launcher, cli.main" \
+ && python -c "import mega3d.pipelines.steps, mega3d.pipelines.tasks, mega3d.pipelines.launcher, mega3d.cli.main" \
  && python -c "import importlib.util, sys; sys.exit([m for m in sys.argv[1:] if importlib.util.find_spec(m)] or None)" $TRAINING_ONLY \
  && rm /tmp/requirements.txt
 

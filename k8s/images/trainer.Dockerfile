@@ -1,4 +1,4 @@
-# The training image: what torchrun runs on every node of a Volcano job (`python -m trainer`), on GPUs.
+# The training image: what torchrun runs on every node of a Volcano job (`python -m mega3d.trainer`), on GPUs.
 # As long as the deployment settings name a single `image`, pipeline steps run in it too (it holds all of
 # mega3d); k8s/images/launcher.Dockerfile is the light image for steps alone.
 #
@@ -34,12 +34,9 @@ RUN pinned="$(sed -n 's/^torch==//p' constraints.txt)" \
  && python -m pip install -c /tmp/constraints.txt -r /tmp/requirements.txt
 
 # mega3d itself; its dependencies are in place.
-COPY trainer ./trainer
-COPY components ./components
-COPY pipelines ./pipelines
-COPY cli ./cli
+COPY mega3d ./mega3d
 RUN python -m pip install --no-deps . \
- && python -c "import torch, trainer.models, pipelines.steps, cli.main; print('mega3d on torch', torch.__version__, 'CUDA', torch.version.cuda)" \
+ && python -c "import torch, mega3d.trainer.models, mega3d.pipelines.steps, mega3d.cli.main; print('mega3d on torch', torch.__version__, 'CUDA', torch.version.cuda)" \
  && rm -rf /tmp/constraints.txt /tmp/requirements.txt
 
 # A numeric, unprivileged user: Kubernetes can only verify `runAsNonRoot` (set on mega3d's pods) for a

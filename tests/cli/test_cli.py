@@ -7,20 +7,20 @@ from pathlib import Path
 
 import yaml
 
+from mega3d.trainer.data.format import index_uri, load_index
 from tests.conftest import QUICKSTART, mega3d
-from trainer.data.format import index_uri, load_index
 
 
 def test_cli_path_never_imports_torch(tmp_path: Path) -> None:
     probe = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from cli.main import app\n"
+        "from mega3d.cli.main import app\n"
         f"for args in (['--help'], ['validate', {str(QUICKSTART)!r}], ['models', 'list'],\n"
         f"             ['compile', {str(QUICKSTART)!r}, '-o', {str(tmp_path / 'p.yaml')!r}],\n"
         f"             ['data', 'synth', {str(tmp_path / 'ds')!r}, '--videos-per-class', '2']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
-        "import pipelines.local, pipelines.tasks\n"
+        "import mega3d.pipelines.local, mega3d.pipelines.tasks\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

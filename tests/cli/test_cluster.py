@@ -16,7 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from cli.main import app
+from mega3d.cli.main import app
 from tests.conftest import QUICKSTART
 from tests.kfp_api import PREFIX, KfpApi, kfp_api
 
@@ -465,7 +465,7 @@ def test_cluster_commands_import_neither_torch_nor_kfp_until_they_run(api: KfpAp
     probe = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from cli.main import app\n"
+        "from mega3d.cli.main import app\n"
         "for args in (['--help'], ['submit', '--help'], ['runs', '--help'], ['schedule', '--help']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'kfp')))\n"

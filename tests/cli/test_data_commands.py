@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mega3d.trainer.data.format import ClipReader, index_uri, load_index
+from mega3d.trainer.data.ops import subset
+from mega3d.trainer.data.synth import synthesize
+from mega3d.trainer.spec import SyntheticSpec
 from tests.conftest import mega3d
-from trainer.data.format import ClipReader, index_uri, load_index
-from trainer.data.ops import subset
-from trainer.data.synth import synthesize
-from trainer.spec import SyntheticSpec
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mega3d.trainer.data.format import ClipReader, DatasetIndex, index_uri, load_index
 from tests.conftest import mega3d
-from trainer.data.format import ClipReader, DatasetIndex, index_uri, load_index
 
 
 def ingest_args(

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mega3d.trainer import storage
+from mega3d.trainer.data.format import ClipReader, DatasetIndex, index_uri, load_index, merge, save_index
+from mega3d.trainer.data.synth import synthesize
+from mega3d.trainer.spec import SyntheticSpec
 from tests.cli.test_ingest import ingest, write_reference_dataset
 from tests.conftest import mega3d
-from trainer import storage
-from trainer.data.format import ClipReader, DatasetIndex, index_uri, load_index, merge, save_index
-from trainer.data.synth import synthesize
-from trainer.spec import SyntheticSpec
 
 TINY_STAGE = {
     "epochs": 1,

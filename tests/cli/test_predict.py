@@ -20,14 +20,14 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
+from mega3d.trainer import storage
+from mega3d.trainer.checkpoint import save_checkpoint
+from mega3d.trainer.data.augment import center_box, crop_resize, normalize
+from mega3d.trainer.data.clips import EvaluationWindows
+from mega3d.trainer.data.format import JPEG_QUALITY, index_uri, load_index
+from mega3d.trainer.models import build_model
+from mega3d.trainer.spec import KINETICS_MEAN, KINETICS_STD
 from tests.conftest import mega3d
-from trainer import storage
-from trainer.checkpoint import save_checkpoint
-from trainer.data.augment import center_box, crop_resize, normalize
-from trainer.data.clips import EvaluationWindows
-from trainer.data.format import JPEG_QUALITY, index_uri, load_index
-from trainer.models import build_model
-from trainer.spec import KINETICS_MEAN, KINETICS_STD
 
 CLASSES = ["walking", "waving", "clapping"]
 # The paper's normalisation (Kinetics statistics), written out here for an independent computation.
@@ -168,7 +168,7 @@ def test_the_checkpoint_is_read_through_the_storage_facade(
 def test_options_change_windows_crop_and_scale(tiny: tuple[Path, nn.Module]) -> None:
     """50-frame windows of a 120-frame video: the third one has 20 frames, looped; frames at short side 96,
     inputs of 64 x 64."""
-    from trainer.predict import predict
+    from mega3d.trainer.predict import predict
 
     answer = predict(str(real_video()), str(tiny[0]), frames=50, size=64, short_side=96, top=2)
     assert (answer["windows"], answer["window_frames"], answer["frames"]) == (3, 50, 120)
@@ -235,7 +235,7 @@ def test_bad_input_is_one_line_naming_the_file(
 
 def test_a_crash_of_the_worker_is_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything but bad input (here a worker that dies with a traceback) is exit code 1, in one line."""
-    from cli.predict import predict
+    from mega3d.cli.predict import predict
 
     worker = tmp_path / "python"
     worker.write_text(
@@ -247,12 +247,15 @@ def test_a_crash_of_the_worker_is_an_internal_error(tmp_path: Path, monkeypatch:
     app.command()(predict)
     result = CliRunner().invoke(app, [str(real_video()), "--model", "x.pth"])
     assert result.exit_code == 1
-    assert "internal error in `python -m trainer.predict` (exit 1): RuntimeError: boom" in result.output
+    assert (
+        "internal error in `python -m mega3d.trainer.predict` (exit 1): RuntimeError: boom" in result.output
+    )
 
 
 def test_the_cli_module_does_not_import_torch() -> None:
     probe = (
-        "import sys, cli.predict\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'av')))"
+        "import sys, mega3d.cli.predict\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'av')))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

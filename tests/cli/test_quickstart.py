@@ -1,4 +1,9 @@
-"""The README's demo, end to end: `mega3d run examples/quickstart.yaml` (about a minute on 2 cores)."""
+"""The README's demo, end to end: `mega3d run examples/quickstart.yaml` (about a minute on 2 cores).
+
+It runs as a Kubeflow user would start it: from a repository of their own that holds packages named like
+mega3d's parts (`trainer`, `pipelines`, `components`, `cli`). Each of those fails loudly on import, so a step
+or a training process that imported one instead of `mega3d.*` fails the run.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,21 @@ from tests.conftest import QUICKSTART, mega3d
 pytestmark = pytest.mark.slow
 
 
+USERS_PACKAGES = ("trainer", "pipelines", "components", "cli")
+
+
+def with_users_packages(directory: Path) -> Path:
+    for name in USERS_PACKAGES:
+        (directory / name).mkdir()
+        (directory / name / "__init__.py").write_text(
+            f"raise ImportError('the user\\'s own {name} package')\n"
+        )
+    return directory
+
+
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    cwd = tmp_path_factory.mktemp("quickstart")
+    cwd = with_users_packages(tmp_path_factory.mktemp("quickstart"))
     result = mega3d("run", str(QUICKSTART), "--run-id", "e2e", cwd=cwd, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return cwd / "runs" / "quickstart" / "experiments" / "quickstart" / "runs" / "e2e", result.stdout
@@ -23,6 +40,16 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]
 
 def metrics(run: Path, *parts: str) -> dict:
     return json.loads(run.joinpath(*parts, "metrics.json").read_text())
+
+
+def test_validate_and_compile_work_beside_the_users_own_packages(quickstart_run: tuple[Path, str]) -> None:
+    cwd = quickstart_run[0].parents[5]
+    assert all((cwd / name / "__init__.py").exists() for name in USERS_PACKAGES)
+    validated = mega3d("validate", str(QUICKSTART), cwd=cwd)
+    assert validated.returncode == 0 and validated.stdout.startswith("ok quickstart"), validated.stderr
+    compiled = mega3d("compile", str(QUICKSTART), "-o", "pipeline.yaml", cwd=cwd)
+    assert compiled.returncode == 0, compiled.stderr
+    assert "from mega3d.pipelines import tasks" in (cwd / "pipeline.yaml").read_text()
 
 
 def test_every_stage_reports_clip_and_video_accuracy(quickstart_run: tuple[Path, str]) -> None:
@@ -71,7 +98,7 @@ def test_a_published_checkpoint_is_finetuned_without_pretraining(tmp_path: Path)
     into a fine-tune stage: `init_from` names the file and no pretraining runs."""
     import torch
 
-    from trainer.models import build_model
+    from mega3d.trainer.models import build_model
 
     data = yaml.safe_load(QUICKSTART.read_text())
     del data["pretrain"]

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from matplotlib import image
 
-from pipelines import study
+from mega3d.pipelines import study
+from mega3d.trainer import layout, storage
+from mega3d.trainer.spec import Branch, parse_spec
 from tests.conftest import mega3d
-from trainer import layout, storage
-from trainer.spec import Branch, parse_spec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DEPTH_RUN = "experiments/depth/runs/20260101-000000"
@@ -348,7 +348,7 @@ def test_report_never_imports_torch(runs: tuple[str, str], tmp_path: Path) -> No
     probe = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from cli.main import app\n"
+        "from mega3d.cli.main import app\n"
         f"result = CliRunner().invoke(app, ['report', *{list(runs)!r}, '-o', {str(tmp_path / 'out')!r}])\n"
         "assert result.exit_code == 0, result.output\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from components.train import trainer
-from pipelines.launcher import LaunchError, free_port, launch
-from trainer.data.format import index_uri
-from trainer.data.synth import synthesize
-from trainer.spec import SyntheticSpec, parse_spec
+from mega3d.components.train import trainer
+from mega3d.pipelines.launcher import LaunchError, free_port, launch
+from mega3d.trainer.data.format import index_uri
+from mega3d.trainer.data.synth import synthesize
+from mega3d.trainer.spec import SyntheticSpec, parse_spec
 
 STAGE = {
     "epochs": 5,
@@ -63,7 +63,7 @@ def train_stage(spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixtu
 
 
 def training_process_of_rank(rank: int, out: Path) -> int | None:
-    """The pid of `python -m trainer train ... --out OUT` running as `rank`."""
+    """The pid of `python -m mega3d.trainer train ... --out OUT` running as `rank`."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -72,7 +72,11 @@ def training_process_of_rank(rank: int, out: Path) -> int | None:
             environment = (entry / "environ").read_bytes().split(b"\0")
         except OSError:  # gone, or not ours to read
             continue
-        if b"trainer" in command and str(out).encode() in command and f"RANK={rank}".encode() in environment:
+        if (
+            b"mega3d.trainer" in command
+            and str(out).encode() in command
+            and f"RANK={rank}".encode() in environment
+        ):
             return int(entry.name)
     return None
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from torchx.specs import AppDef
 
-from components.train import trainer
+from mega3d.components.train import trainer
 
 
 def test_trainer_component_is_a_torchrun_ddp_app() -> None:
@@ -26,7 +26,7 @@ def test_trainer_component_is_a_torchrun_ddp_app() -> None:
     assert role.resource.gpu == 8 and role.resource.cpu == 32 and role.resource.memMB == 200 * 1024
     command = " ".join(role.args)
     assert "--nnodes 4" in command and "--nproc_per_node 8" in command and ":29511" in command
-    assert "-m trainer train --stage pretrain" in command
+    assert "-m mega3d.trainer train --stage pretrain" in command
     assert role.env["OMP_NUM_THREADS"] == "4"  # 32 cores shared by 8 processes
 
 
@@ -40,4 +40,4 @@ def test_local_dry_run_starts_one_torchrun_per_node() -> None:
     for params in replicas:
         command = " ".join(params.args)
         assert command.count("torchrun ") == 1 and "--nnodes 2 --nproc_per_node 1" in command
-        assert command.endswith("-m trainer evaluate")
+        assert command.endswith("-m mega3d.trainer evaluate")

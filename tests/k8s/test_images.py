@@ -275,7 +275,7 @@ def test_the_launcher_images_modules_import_without_the_training_only_packages()
         if any(dist.lower() in training_only for dist in dists)
     }
     assert "torch" in modules
-    code, _ = snippet(LAUNCHER, "import pipelines.steps")
+    code, _ = snippet(LAUNCHER, "import mega3d.pipelines.steps")
     imported = run_python(BLOCK_IMPORTS + code, *sorted(modules))
     assert imported.returncode == 0, imported.stderr
     # The same check, with a module the CLI does need, fails: the blocking works.

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from torchx.schedulers.kubernetes_scheduler import pod_labels
 
-from components.train import trainer
+from mega3d.components.train import trainer
 from tests.k8s.test_kustomize import render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,11 +12,11 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipelines.pipeline import compile_pipeline
-from pipelines.registry import Decision, decide
-from pipelines.settings import Deployment
+from mega3d.pipelines.pipeline import compile_pipeline
+from mega3d.pipelines.registry import Decision, decide
+from mega3d.pipelines.settings import Deployment
+from mega3d.trainer.spec import SpecError, parse_spec
 from tests.conftest import QUICKSTART, mega3d
-from trainer.spec import SpecError, parse_spec
 
 pytestmark = pytest.mark.slow
 

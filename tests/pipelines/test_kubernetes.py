@@ -27,9 +27,9 @@ from torchx.runner import get_runner
 from torchx.schedulers.kubernetes_scheduler import sanitize_for_serialization
 from torchx.specs import AppDef
 
-from components.train import trainer
-from pipelines import launcher
-from pipelines.launcher import (
+from mega3d.components.train import trainer
+from mega3d.pipelines import launcher
+from mega3d.pipelines.launcher import (
     APP_NAME_LIMIT,
     KUBERNETES_SCHEDULER,
     LOCAL_SCHEDULER,
@@ -39,10 +39,10 @@ from pipelines.launcher import (
     launch,
     scheduler_cfg,
 )
-from pipelines.settings import CREDENTIALS_DIR, Deployment, Toleration
+from mega3d.pipelines.settings import CREDENTIALS_DIR, Deployment, Toleration
+from mega3d.trainer import layout
 from tests.conftest import ROOT
 from tests.fake_kubernetes import FakeKubernetes, Request
-from trainer import layout
 
 GOLDEN = Path(__file__).parent / "golden" / "volcano-job.yaml"
 VOLCANO_JOB_CRD = ROOT / "tests" / "k8s" / "schemas" / "batch.volcano.sh_jobs.yaml"
@@ -365,9 +365,9 @@ def test_the_launcher_needs_no_more_than_its_role_grants(
 # A pipeline step's launcher, in a process of its own that the test can send SIGTERM to.
 LAUNCHER = """
 import sys
-from components.train import trainer
-from pipelines.launcher import KUBERNETES_SCHEDULER, cluster_app, launch, scheduler_cfg
-from pipelines.settings import Deployment
+from mega3d.components.train import trainer
+from mega3d.pipelines.launcher import KUBERNETES_SCHEDULER, cluster_app, launch, scheduler_cfg
+from mega3d.pipelines.settings import Deployment
 deployment = Deployment.model_validate_json(sys.argv[1])
 app = cluster_app(trainer("train", name="quickstart-pretrain", nnodes=2, gpus=8), deployment)
 launch(app, KUBERNETES_SCHEDULER, scheduler_cfg(KUBERNETES_SCHEDULER, deployment, None))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from torchx import specs
 
-from pipelines.launcher import PORT_FLOOR, LaunchError, free_port, launch
-from pipelines.local import ExecutorLogFilter
+from mega3d.pipelines.launcher import PORT_FLOOR, LaunchError, free_port, launch
+from mega3d.pipelines.local import ExecutorLogFilter
 
 
 def python_app(name: str, code: str, replicas: int = 1, max_retries: int = 0) -> specs.AppDef:

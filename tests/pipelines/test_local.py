@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import threading
 
-from pipelines.local import ExecutorLogFilter
+from mega3d.pipelines.local import ExecutorLogFilter
 
 
 def test_dumps_of_steps_running_side_by_side_are_all_dropped() -> None:

@@ -9,11 +9,11 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from typer.testing import CliRunner
 
-from cli.main import app
-from pipelines.pipeline import compile_pipeline
-from pipelines.settings import Deployment
+from mega3d.cli.main import app
+from mega3d.pipelines.pipeline import compile_pipeline
+from mega3d.pipelines.settings import Deployment
+from mega3d.trainer.spec import load_spec
 from tests.conftest import QUICKSTART, ROOT, mega3d
-from trainer.spec import load_spec
 
 GOLDEN = Path(__file__).parent / "golden" / "quickstart.yaml"
 
@@ -131,7 +131,7 @@ def test_compile_refuses_outputs_it_cannot_write(tmp_path: Path) -> None:
 
 
 def test_a_failed_compilation_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.pipeline
+    import mega3d.pipelines.pipeline
 
     output = tmp_path / "pipeline.yaml"
     output.write_text("the previous pipeline")
@@ -140,7 +140,7 @@ def test_a_failed_compilation_leaves_no_file(tmp_path: Path, monkeypatch: pytest
         Path(path).write_text("half a pipe")
         raise RuntimeError("compiler failed")
 
-    monkeypatch.setattr(pipelines.pipeline, "compile_pipeline", half_write_then_fail)
+    monkeypatch.setattr(mega3d.pipelines.pipeline, "compile_pipeline", half_write_then_fail)
     with pytest.raises(RuntimeError, match="compiler failed"):
         CliRunner().invoke(app, ["compile", str(QUICKSTART), "-o", str(output)], catch_exceptions=False)
     assert output.read_text() == "the previous pipeline"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import base64
 import re
 
-from pipelines.reports import class_table, curves_html
+from mega3d.pipelines.reports import class_table, curves_html
 
 
 def test_best_and_worst_classes_in_order() -> None:

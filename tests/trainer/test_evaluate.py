@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.evaluate import (
+from mega3d.trainer.evaluate import (
     CONFUSION_MAX_CLASSES,
     RankShare,
     average_precision,

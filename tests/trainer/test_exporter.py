@@ -5,8 +5,8 @@ import urllib.request
 
 import pytest
 
+from mega3d.trainer.exporter import Endpoints, Exporter
 from tests.observability.test_prometheus import free_ports
-from trainer.exporter import Endpoints, Exporter
 
 
 def scrape(port: int) -> str:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.models import build_model
-from trainer.train import freeze_before, set_train_mode
+from mega3d.trainer.models import build_model
+from mega3d.trainer.train import freeze_before, set_train_mode
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.data.augment import normalize
-from trainer.prefetch import prefetched
-from trainer.spec import KINETICS_MEAN, KINETICS_STD
+from mega3d.trainer.data.augment import normalize
+from mega3d.trainer.prefetch import prefetched
+from mega3d.trainer.spec import KINETICS_MEAN, KINETICS_STD
 
 needs_gpu = pytest.mark.skipif(
     not torch.cuda.is_available(),

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli.main import app
+from mega3d.cli.main import app
+from mega3d.trainer.spec import SpecError, load_spec, model_names, parse_spec, spec_from_json
 from tests.conftest import QUICKSTART, mega3d
-from trainer.spec import SpecError, load_spec, model_names, parse_spec, spec_from_json
 
 
 def quickstart_data() -> dict:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import storage
+from mega3d.trainer import storage
 
 
 @pytest.mark.parametrize("root", ["local", "memory", "gcs"])

@@ -15,13 +15,13 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
-from trainer.data.augment import Augmentation
-from trainer.data.format import ClipReader, DatasetError, index_uri, load_index
-from trainer.data.synth import synthesize
-from trainer.data.writer import ShardWriter, finish, jpeg_frames, start
-from trainer.spec import KINETICS_MEAN, KINETICS_STD, SyntheticSpec, parse_spec
-from trainer.train import Trainer, TrainJob, duration, scheduled_lr
+from mega3d.trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
+from mega3d.trainer.data.augment import Augmentation
+from mega3d.trainer.data.format import ClipReader, DatasetError, index_uri, load_index
+from mega3d.trainer.data.synth import synthesize
+from mega3d.trainer.data.writer import ShardWriter, finish, jpeg_frames, start
+from mega3d.trainer.spec import KINETICS_MEAN, KINETICS_STD, SyntheticSpec, parse_spec
+from mega3d.trainer.train import Trainer, TrainJob, duration, scheduled_lr
 
 TINY_STAGE = {
     "epochs": 2,

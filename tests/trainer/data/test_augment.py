@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from trainer.data.augment import Augmentation, center_box, crop_box, crop_resize, normalize
-from trainer.spec import CROP_POSITIONS, KINETICS_MEAN, KINETICS_STD, PAPER_SCALES
+from mega3d.trainer.data.augment import Augmentation, center_box, crop_box, crop_resize, normalize
+from mega3d.trainer.spec import CROP_POSITIONS, KINETICS_MEAN, KINETICS_STD, PAPER_SCALES
 
 
 def coordinates(height: int, width: int, frames: int = 2) -> torch.Tensor:

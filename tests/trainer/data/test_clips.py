@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainer.data.augment import Augmentation
-from trainer.data.clips import EvaluationWindows, TrainingClips, clip_frames, collate_clips
-from trainer.data.format import ClipReader, index_uri, load_index
-from trainer.data.writer import ShardWriter, finish, jpeg_frames, start
-from trainer.evaluate import RankShare
+from mega3d.trainer.data.augment import Augmentation
+from mega3d.trainer.data.clips import EvaluationWindows, TrainingClips, clip_frames, collate_clips
+from mega3d.trainer.data.format import ClipReader, index_uri, load_index
+from mega3d.trainer.data.writer import ShardWriter, finish, jpeg_frames, start
+from mega3d.trainer.evaluate import RankShare
 
 
 def test_short_videos_are_looped(tiny_dataset: str) -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer import storage
-from trainer.data.format import (
+from mega3d.trainer import storage
+from mega3d.trainer.data.format import (
     ClipReader,
     CorruptVideo,
     DatasetError,
@@ -18,7 +18,7 @@ from trainer.data.format import (
     merge,
     save_index,
 )
-from trainer.data.writer import DatasetWriter, ShardWriter, finish, jpeg_frames, start
+from mega3d.trainer.data.writer import DatasetWriter, ShardWriter, finish, jpeg_frames, start
 
 
 def video(seed: int, frames: int = 5, height: int = 24, width: int = 32) -> np.ndarray:

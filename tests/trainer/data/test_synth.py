@@ -4,9 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.format import ClipReader, index_uri, load_index
-from trainer.data.synth import class_angles, class_names, render_video, synthesize
-from trainer.spec import SyntheticSpec
+from mega3d.trainer.data.format import ClipReader, index_uri, load_index
+from mega3d.trainer.data.synth import class_angles, class_names, render_video, synthesize
+from mega3d.trainer.spec import SyntheticSpec
 
 
 def dominant_shift(video: np.ndarray, reach: int = 4) -> np.ndarray:

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mega3d.trainer.checkpoint import load_checkpoint
+from mega3d.trainer.model_catalog import model_names, model_stats
+from mega3d.trainer.models import build_model, load_weights
 from tests.conftest import mega3d
-from trainer.checkpoint import load_checkpoint
-from trainer.model_catalog import model_names, model_stats
-from trainer.models import build_model, load_weights
 
 
 @pytest.mark.parametrize("name", model_names())
 def test_the_stats_table_is_current(name: str) -> None:
-    """After changing an architecture: .venv/bin/python -m trainer.models stats"""
-    from trainer.models.__main__ import model_stats as compute
+    """After changing an architecture: .venv/bin/python -m mega3d.trainer.models stats"""
+    from mega3d.trainer.models.__main__ import model_stats as compute
 
     assert compute(name) == model_stats()[name]
 
@@ -44,7 +44,7 @@ def test_import_converts_a_reference_checkpoint(tmp_path: Path) -> None:
     )
     # A tiny width keeps this quick; the command has no flag for width (published files are full width),
     # so this calls the function behind it.
-    from trainer.models.__main__ import import_reference
+    from mega3d.trainer.models.__main__ import import_reference
 
     output = tmp_path / "imported.pt"
     message = import_reference(str(source), str(output), None, {"widen_factor": 0.0625})

@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.model_catalog import FAMILIES, canonical_name, model_names
-from trainer.models import MODELS, build_model
+from mega3d.trainer.model_catalog import FAMILIES, canonical_name, model_names
+from mega3d.trainer.models import MODELS, build_model
 
 # The reference implementation's parameter counts at 700 classes with default options.
 PARAMETERS = {

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.models import WeightsError, build_model, load_weights
+from mega3d.trainer.models import WeightsError, build_model, load_weights
 
 TINY = {"widen_factor": 0.0625}
 

@@ -1,0 +1,311 @@
+"""`mega3d data`: make datasets (synth, ingest), combine them (merge, subset), look at them (stats)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mega3d.cli.console import DATA_ERRORS, err, fail, out
+from mega3d.trainer.spec import SyntheticSpec
+
+if TYPE_CHECKING:
+    from mega3d.trainer.data.format import DatasetIndex
+
+data_app = typer.Typer(help="Create, combine and inspect datasets.", no_args_is_help=True)
+
+_SYNTH = {name: field.default for name, field in SyntheticSpec.model_fields.items()}
+LOG_EVERY_S = 10.0
+
+
+def message(error: Exception, uri: str) -> str:
+    from mega3d.trainer.data.format import DatasetError
+
+    return str(error) if isinstance(error, DatasetError) else f"{uri!r}: {error}"
+
+
+@contextmanager
+def progress_of(what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on a terminal; in a log, a line every ten seconds and one at the end."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if err.is_terminal:
+        columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            bar = progress.add_task(what, total=None)
+            yield lambda done, total: progress.update(bar, completed=done, total=total)
+        return
+    started = last = time.monotonic()
+
+    def log(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= LOG_EVERY_S or (done == total and now - started >= LOG_EVERY_S):
+            last = now
+            rate = done / max(now - started, 1e-9)
+            err.print(f"{what}: {done}/{total} videos ({rate:.1f}/s)", soft_wrap=True)
+
+    yield log
+
+
+@data_app.command()
+def synth(
+    uri: Annotated[
+        str, typer.Argument(help="Where to write the dataset (path or fsspec URI).", show_default=False)
+    ],
+    classes: Annotated[int, typer.Option(help="Number of classes (motion directions).")] = _SYNTH["classes"],
+    videos_per_class: Annotated[
+        int, typer.Option(help="Videos per class (a quarter are validation).")
+    ] = _SYNTH["videos_per_class"],
+    frames: Annotated[int, typer.Option(help="Frames per video.")] = _SYNTH["frames"],
+    size: Annotated[int, typer.Option(help="Frame height and width in pixels.")] = _SYNTH["size"],
+    speed: Annotated[float, typer.Option(help="Pixels per frame.")] = _SYNTH["speed"],
+    rotation: Annotated[float, typer.Option(help="Direction of class 0 in degrees.")] = _SYNTH["rotation"],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _SYNTH["seed"],
+) -> None:
+    """Write a synthetic video dataset whose classes differ only in motion."""
+    from pydantic import ValidationError
+
+    from mega3d.trainer.data.synth import class_names, synthesize
+
+    try:
+        params = SyntheticSpec(
+            classes=classes,
+            videos_per_class=videos_per_class,
+            frames=frames,
+            size=size,
+            speed=speed,
+            rotation=rotation,
+            seed=seed,
+        )
+    except ValidationError as error:
+        fail([f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in error.errors(include_url=False)])
+    try:
+        with progress_of("synthesizing") as progress:
+            index = synthesize(uri, params, progress)
+    except DATA_ERRORS as error:
+        fail([message(error, uri)])
+    out.print(
+        f"wrote {len(index)} videos of {params.classes} classes to {uri}: {', '.join(class_names(params))}",
+        soft_wrap=True,
+    )
+
+
+def load_dataset(uri: str) -> DatasetIndex:
+    from mega3d.trainer.data.format import index_uri, load_index
+
+    try:
+        return load_index(index_uri(uri))
+    except DATA_ERRORS as error:
+        fail([message(error, uri)])
+
+
+def save_dataset(uri: str, index: DatasetIndex) -> None:
+    """Write a new index; an existing dataset at `uri` is never replaced."""
+    from mega3d.trainer import storage
+    from mega3d.trainer.data.format import index_uri, save_index
+
+    try:
+        if storage.exists(index_uri(uri)):
+            fail([f"{uri}: a dataset already exists there; choose another -o"])
+        save_index(index_uri(uri), index)
+    except DATA_ERRORS as error:
+        fail([f"{uri!r}: {error}"])
+
+
+class SourceFormat(StrEnum):
+    REFERENCE_JPG = "reference-jpg"
+    REFERENCE_HDF5 = "reference-hdf5"
+    CSV = "csv"
+    UCF101 = "ucf101"
+    HMDB51 = "hmdb51"
+    KINETICS = "kinetics"
+    HVU = "hvu"
+    ACTIVITYNET = "activitynet"
+
+
+@data_app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="Root of the source dataset.", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
+    annotations: Annotated[
+        list[Path],
+        typer.Option(
+            help="The reference's annotation JSON; for csv the list of videos; for ucf101 and hmdb51 the "
+            "folder of split files; for kinetics and hvu their CSVs (repeat for train, val, test); for "
+            "activitynet its JSON."
+        ),
+    ],
+    source_format: Annotated[
+        SourceFormat,
+        typer.Option(
+            "--format",
+            help="reference-jpg: <label>/<id>/image_%05d.jpg; reference-hdf5: <label>/<id>.hdf5 (JPEGs); "
+            "csv: video files listed as path,label[,split] (label a|b: multi-label); ucf101 / hmdb51: their "
+            "split lists; kinetics: its CSVs; hvu: its CSVs (multi-label tags); activitynet: its JSON "
+            "(segments become clips)",
+        ),
+    ] = SourceFormat.REFERENCE_JPG,
+    split: Annotated[int, typer.Option(min=1, max=3, help="ucf101 / hmdb51: which of the 3 splits.")] = 1,
+    short_side: Annotated[int, typer.Option(min=16, help="Scale frames down to this short side.")] = 128,
+    fps: Annotated[
+        float, typer.Option(min=0.1, help="Frame rate to record for frames (video files carry their own).")
+    ] = 30.0,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes decoding videos; default: one per CPU core.")
+    ] = os.cpu_count() or 1,
+    shard_mb: Annotated[float, typer.Option(min=0.01, help="Shard size in MB.")] = 256,
+) -> None:
+    """Convert an existing dataset into mega3d's format; unreadable videos are listed, not dropped.
+
+    Re-running the same command after an interruption resumes it: finished shards are kept."""
+    from mega3d.trainer.data.ingest import (
+        Options,
+        Source,
+        read_activitynet,
+        read_hmdb51,
+        read_reference,
+        read_ucf101,
+        read_video_list,
+        read_youtube_clips,
+    )
+    from mega3d.trainer.data.ingest import (
+        ingest as ingest_source,
+    )
+
+    several = source_format in (SourceFormat.KINETICS, SourceFormat.HVU)
+    if len(annotations) > 1 and not several:
+        fail([f"--annotations: {source_format.value} takes one, got {len(annotations)}"])
+    first = annotations[0]
+    readers: dict[SourceFormat, Callable[[], Source]] = {
+        SourceFormat.REFERENCE_JPG: lambda: read_reference("frames", source, first),
+        SourceFormat.REFERENCE_HDF5: lambda: read_reference("hdf5", source, first),
+        SourceFormat.CSV: lambda: read_video_list(source, first),
+        SourceFormat.UCF101: lambda: read_ucf101(source, first, split),
+        SourceFormat.HMDB51: lambda: read_hmdb51(source, first, split),
+        SourceFormat.KINETICS: lambda: read_youtube_clips(source, annotations, multi_label=False),
+        SourceFormat.HVU: lambda: read_youtube_clips(source, annotations, multi_label=True),
+        SourceFormat.ACTIVITYNET: lambda: read_activitynet(source, first),
+    }
+    options = Options(short_side=short_side, fps=fps, shard_bytes=round(shard_mb * (1 << 20)))
+    try:
+        videos = readers[source_format]()
+        with progress_of("ingesting") as progress:
+            index = ingest_source(output, videos, options, workers, progress)
+    except DATA_ERRORS as error:
+        fail([message(error, output)])
+    out.print(
+        f"wrote {len(index)} videos of {len(index.classes)} classes to {output} "
+        f"({len(index.shards)} shards, fingerprint {index.fingerprint})"
+        + (f"; skipped {videos.unlabelled} unlabelled" if videos.unlabelled else ""),
+        soft_wrap=True,
+    )
+    if index.errors:
+        shown = "; ".join(f"{e['id']}: {e['error']}" for e in index.errors[:3])
+        out.print(f"{len(index.errors)} unreadable (listed in the index's errors): {shown}", soft_wrap=True)
+
+
+@data_app.command()
+def merge(
+    datasets: Annotated[
+        list[str], typer.Argument(help="Datasets to merge (paths or URIs).", show_default=False)
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the merged index.")],
+    name: Annotated[
+        list[str] | None, typer.Option(help="Name per dataset (class prefix); default: last path part.")
+    ] = None,
+    unify: Annotated[
+        Path | None,
+        typer.Option(help="YAML map of classes to fuse after merging: `new name: [<dataset>/<class>, ...]`."),
+    ] = None,
+) -> None:
+    """Concatenate label spaces into a new index over the existing shards (no video is copied)."""
+    from mega3d.trainer.data.format import DatasetError
+    from mega3d.trainer.data.format import merge as merge_indexes
+    from mega3d.trainer.data.ops import read_unify_map, unify_classes
+
+    names = name or [uri.rstrip("/").rsplit("/", 1)[-1] for uri in datasets]
+    if len(names) != len(datasets):
+        fail([f"--name given {len(names)} times for {len(datasets)} datasets"])
+    try:
+        merged = merge_indexes([(n, load_dataset(uri)) for n, uri in zip(names, datasets, strict=True)])
+        for source, uri in zip(merged.sources, datasets, strict=True):
+            source["uri"] = uri
+        if unify is not None:
+            merged = unify_classes(merged, read_unify_map(unify), str(unify))
+    except DatasetError as error:
+        fail([str(error)])
+    save_dataset(output, merged)
+    parts = " + ".join(f"{s['name']} {s['classes']}" for s in merged.sources if "name" in s)
+    out.print(
+        f"wrote {output}: {len(merged.classes)} classes ({parts}"
+        + (f", {sum(len(c) for c in merged.sources[-1]['unify'].values())} fused" if unify else "")
+        + f"), {len(merged)} videos, fingerprint {merged.fingerprint}",
+        soft_wrap=True,
+    )
+
+
+@data_app.command()
+def subset(
+    uri: Annotated[str, typer.Argument(help="The dataset to take a subset of.", show_default=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the subset's index.")],
+    categories: Annotated[float, typer.Option(help="Fraction of the categories to keep.")] = 1.0,
+    instances: Annotated[float, typer.Option(help="Fraction of each kept category's training videos.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same subset.")] = 0,
+) -> None:
+    """The paper's data-amount study: keep a fraction of categories, then of instances per category."""
+    from mega3d.trainer.data.ops import subset as take_subset
+
+    try:
+        part = take_subset(load_dataset(uri), categories, instances, seed)
+    except DATA_ERRORS as error:
+        fail([str(error)])
+    part.sources[-1]["uri"] = uri
+    save_dataset(output, part)
+    out.print(
+        f"wrote {output}: {len(part.classes)} classes, {len(part.rows('training'))} training videos "
+        f"(of {uri})",
+        soft_wrap=True,
+    )
+
+
+@data_app.command()
+def stats(
+    uri: Annotated[str, typer.Argument(help="The dataset.", show_default=False)],
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw training videos per class into this PNG.")
+    ] = None,
+) -> None:
+    """Classes, videos, frames, hours, bytes, per-split counts, smallest and largest classes."""
+    from mega3d.trainer.data.ops import plot_class_histogram
+    from mega3d.trainer.data.ops import stats as dataset_stats
+
+    index = load_dataset(uri)
+    numbers = dataset_stats(index)
+    splits = ", ".join(f"{count} {split}" for split, count in numbers["splits"].items())
+    kind = "multi-label " if numbers["multi_label"] else ""
+    out.print(
+        f"{uri}: {numbers['classes']} classes, {numbers['videos']} {kind}videos ({splits})", soft_wrap=True
+    )
+    hours = numbers["hours"]
+    duration = f"{hours:,.1f} hours" if hours >= 1 else f"{hours * 60:.1f} minutes"
+    size = f"{numbers['bytes'] / 1e6:,.1f} MB in {numbers['shards']} shards"
+    out.print(f"  {numbers['frames']:,} frames, {duration}, {size}")
+    for label in ("smallest", "largest"):
+        listed = ", ".join(f"{name} ({count})" for count, name in numbers[label])
+        out.print(f"  {label} classes (training videos): {listed}", soft_wrap=True)
+    if numbers["unreadable"]:
+        out.print(f"  {numbers['unreadable']} videos could not be read when it was made (index errors)")
+    out.print(f"  fingerprint {numbers['fingerprint']}")
+    if plot is not None:
+        try:
+            plot_class_histogram(index, str(plot))
+        except DATA_ERRORS as error:
+            fail([f"--plot {plot}: {error}"])
+        out.print(f"  wrote {plot}")

@@ -1,0 +1,241 @@
+"""`mega3d`: validate, compile and run experiment specs; make datasets.
+
+The CLI never imports torch, and imports kfp only inside the commands that need it, so `--help` is quick.
+Bad input ends with one line per problem (file and dotted field path) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mega3d.cli.cluster import runs_app, schedule_app, submit
+from mega3d.cli.console import DATA_ERRORS, fail, out
+from mega3d.cli.data import data_app
+from mega3d.cli.predict import predict
+from mega3d.cli.report import report
+from mega3d.trainer.spec import ExperimentSpec, SpecError, load_spec, summary
+
+app = typer.Typer(
+    help="Train spatiotemporal 3D CNNs for video action recognition: on Kubeflow, or on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_app, name="data")
+models_app = typer.Typer(
+    help="The model zoo: list architectures, import reference checkpoints.", no_args_is_help=True
+)
+app.add_typer(models_app, name="models")
+
+
+class ShortcutType(StrEnum):
+    A = "A"
+    B = "B"
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
+SpecPath = Annotated[Path, typer.Argument(help="Experiment spec (YAML).", show_default=False)]
+
+
+def read_spec(path: Path) -> ExperimentSpec:
+    try:
+        return load_spec(path)
+    except SpecError as error:
+        fail(error.lines())
+
+
+@app.command()
+def validate(spec: SpecPath) -> None:
+    """Check a spec; print a one-line summary, or one line per problem (exit code 2)."""
+    out.print(f"ok {summary(read_spec(spec))}", soft_wrap=True)
+
+
+@app.command("compile")
+def compile_command(
+    spec: SpecPath,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Where to write the pipeline IR YAML.")
+    ] = Path("pipeline.yaml"),
+) -> None:
+    """Compile a spec into a Kubeflow Pipelines (v2) pipeline: IR YAML to upload or submit."""
+    if output.suffix not in (".yaml", ".yml", ".json"):
+        fail([f"--output {output}: the pipeline file must end in .yaml, .yml or .json"])
+    if not output.parent.is_dir() or output.is_dir():
+        fail(
+            [f"--output {output}: {'is a directory' if output.is_dir() else 'its directory does not exist'}"]
+        )
+    experiment = read_spec(spec)
+    from mega3d.pipelines.pipeline import compile_pipeline
+
+    partial = output.with_name(f".{output.stem}.partial{output.suffix}")
+    try:
+        compile_pipeline(experiment, str(partial))
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    out.print(f"wrote {output} (pipeline mega3d-{experiment.name})")
+
+
+def missing_inputs(spec: ExperimentSpec, source: str) -> list[str]:
+    """Datasets that neither exist nor can be synthesized, and checkpoints that do not exist: found before
+    any step runs."""
+    from mega3d.trainer import storage
+    from mega3d.trainer.data.format import index_uri
+    from mega3d.trainer.spec import is_checkpoint_uri
+
+    used = sorted({name for stage in spec.stage_names() for name in spec.stage_datasets(stage)})
+    problems = [
+        f"{source}: datasets.{name}.uri: no dataset at {spec.dataset_uri(name)} "
+        "(create it, e.g. with `mega3d data synth`, or give the dataset a `synthetic:` section)"
+        for name in used
+        if spec.datasets[name].synthetic is None and not storage.exists(index_uri(spec.dataset_uri(name)))
+    ]
+    problems += [
+        f"{source}: finetune[{i}].init_from: no checkpoint at {spec.under_storage(stage.init_from)}"
+        for i, stage in enumerate(spec.finetune)
+        if is_checkpoint_uri(stage.init_from) and not storage.exists(spec.under_storage(stage.init_from))
+    ]
+    return problems
+
+
+@app.command()
+def run(
+    spec: SpecPath,
+    run_id: Annotated[str, typer.Option(help="Run directory name; default: the current time.")] = "",
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Also show the KFP executor's logs.")
+    ] = False,
+    skip_if_trained: Annotated[
+        bool,
+        typer.Option(
+            help="Train nothing for a branch whose pretraining data (by fingerprint) the model registry "
+            "already has a model of, as scheduled runs do."
+        ),
+    ] = False,
+    metrics: Annotated[
+        bool,
+        typer.Option(
+            "--metrics",
+            help="Serve every training process's Prometheus metrics on 127.0.0.1, port --metrics-port + "
+            "its rank, for a local Prometheus to scrape.",
+        ),
+    ] = False,
+    metrics_port: Annotated[int, typer.Option(min=1024, max=65000, help="First metrics port.")] = 9400,
+    pushgateway: Annotated[
+        str | None, typer.Option(help="Pushgateway URL that receives each stage's final metrics.")
+    ] = None,
+) -> None:
+    """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster)."""
+    experiment = read_spec(spec)
+    from mega3d.pipelines.local import run_local
+    from mega3d.pipelines.settings import Deployment
+    from mega3d.trainer import layout, storage
+
+    if run_id and not RUN_ID.match(run_id):
+        fail([f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64; no leading '.')"])
+    experiment = experiment.with_storage(storage.local_absolute(experiment.storage))
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = layout.run_dir(experiment, run_id)
+    try:
+        if storage.exists(run_dir):
+            fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
+        missing = missing_inputs(experiment, str(spec))
+    except DATA_ERRORS as error:
+        fail([f"{spec}: storage {experiment.storage}: {error}"])
+    if missing:
+        fail(missing)
+    out.print(f"[bold]mega3d run[/bold] {summary(experiment)}", soft_wrap=True)
+    out.print(f"run directory: {run_dir}", soft_wrap=True)
+    started = time.monotonic()
+    try:
+        endpoints = Deployment(metrics_port=metrics_port if metrics else None, pushgateway=pushgateway)
+        run_local(experiment, run_id, verbose, skip_if_trained, endpoints)
+    except Exception as error:
+        fail([f"run {run_id} failed: {error}"], code=1)
+    from mega3d.cli.results import results_table
+
+    out.print(results_table(experiment, run_dir))
+    out.print(f"finished in {time.monotonic() - started:.0f}s; files under {run_dir}", soft_wrap=True)
+
+
+@models_app.command("list")
+def list_models() -> None:
+    """Every architecture: parameters (millions, 700 classes) and GFLOPs for one 3x16x112x112 clip."""
+    from rich.table import Table
+
+    from mega3d.trainer.model_catalog import FAMILIES, model_stats
+
+    stats = model_stats()
+    table = Table(title="mega3d models (GFLOPs = 2 x multiply-adds)", title_justify="left")
+    for column in ("name", "reference alias", "params (M)", "GFLOPs"):
+        table.add_column(column, justify="right" if column in ("params (M)", "GFLOPs") else "left")
+    for family_name, family in FAMILIES.items():
+        for depth in family.depths:
+            row = stats[f"{family_name}-{depth}"]
+            table.add_row(
+                f"{family_name}-{depth}",
+                f"{family.reference_name}-{depth}",
+                f"{row['parameters'] / 1e6:.1f}",
+                f"{row['gflops']:.1f}",
+            )
+    out.print(table)
+    out.print("fine-tuning may start at (finetune[].train_from):")
+    for family_name, family in FAMILIES.items():
+        out.print(f"  {family_name}: {', '.join(family.stages)}", soft_wrap=True)
+
+
+@models_app.command("import")
+def import_model(
+    source: Annotated[
+        str, typer.Argument(help="Reference checkpoint (.pth), path or URI.", show_default=False)
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the mega3d checkpoint.")],
+    arch: Annotated[
+        str | None, typer.Option(help="Architecture, e.g. r3d-50; default: the file's own.")
+    ] = None,
+    shortcut_type: Annotated[
+        ShortcutType | None, typer.Option(help="A when the file was trained with type-A shortcuts.")
+    ] = None,
+) -> None:
+    """Convert a 3D-ResNets-PyTorch checkpoint (e.g. r3d50_KM_200ep.pth) into mega3d's format, checking that
+    every tensor fits the architecture; fine-tune it with `init_from: URI` in a spec."""
+    import subprocess
+
+    command = [sys.executable, "-m", "mega3d.trainer.models", "import", source, "--output", output]
+    command += ["--arch", arch] if arch else []
+    command += ["--shortcut-type", shortcut_type.value] if shortcut_type else []
+    result = subprocess.run(command, capture_output=True, text=True)  # torch stays out of the CLI process
+    last_line = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+    if result.returncode == 2 and "Traceback" not in result.stderr:
+        fail([last_line.removeprefix("error: ")])
+    if result.returncode != 0:
+        fail(
+            [
+                f"internal error in `python -m mega3d.trainer.models import` (exit {result.returncode}): "
+                f"{last_line}"
+            ],
+            1,
+        )
+    out.print(result.stdout.strip(), soft_wrap=True)
+
+
+app.command()(predict)
+app.command()(submit)
+app.command()(report)
+app.add_typer(runs_app, name="runs")
+app.add_typer(schedule_app, name="schedule")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

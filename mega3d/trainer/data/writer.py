@@ -1,0 +1,229 @@
+"""Writing datasets: shards of about `shard_bytes`, resumable; the index appears only when all is done.
+
+While a dataset is being written, `<dataset>/ingest/` holds its plan and one manifest per finished shard
+(the columns of the videos in it, and the videos that could not be read). A run that is interrupted leaves
+finished shards and their manifests; the next run with the same videos skips what they hold. `finish()`
+gathers the manifests into the index (in the source's order, whatever order the workers finished in),
+writes it, and removes the work files and any shard that no manifest claims (the remains of a crash).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import uuid
+from collections.abc import Sequence
+from hashlib import blake2b
+from typing import Any
+
+import numpy as np
+
+from mega3d.trainer import storage
+from mega3d.trainer.data.format import (
+    COLUMNS,
+    DEFAULT_SHARD_BYTES,
+    DIGEST_BYTES,
+    SUBSETS,
+    DatasetError,
+    DatasetIndex,
+    concat_columns,
+    encode_jpeg,
+    encode_video,
+    index_uri,
+    json_array,
+    save_index,
+    take_rows,
+)
+
+WORK_DIR = "ingest"
+PLAN_FILE = "plan.json"
+
+
+def work_dir(dataset_uri: str) -> str:
+    return storage.join(dataset_uri, WORK_DIR)
+
+
+def jpeg_frames(frames: np.ndarray) -> list[bytes]:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or 0 in frames.shape:
+        raise DatasetError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    return [encode_jpeg(frame) for frame in frames]
+
+
+class ShardWriter:
+    """Appends videos to shards of one writer (one process); after each shard, its manifest."""
+
+    def __init__(self, dataset_uri: str, n_classes: int, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        self.dataset_uri = dataset_uri
+        self.n_classes = n_classes
+        self.shard_bytes = shard_bytes
+        self.prefix = f"shard-{uuid.uuid4().hex[:8]}"  # runs and workers never share a shard name
+        self.written = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._payload: list[bytes] = []
+        self._size = 0
+        self._rows: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, "order")}
+        self._errors: list[dict[str, Any]] = []
+
+    def add(
+        self,
+        order: int,
+        video_id: str,
+        labels: Sequence[int],
+        split: str,
+        frames: list[bytes],
+        height: int,
+        width: int,
+        fps: float,
+    ) -> None:
+        """One video: `frames` as JPEG images of `height` x `width`; `order` is its place in the source."""
+        if split not in SUBSETS:
+            raise DatasetError(f"{video_id}: split must be one of {', '.join(SUBSETS)}, got {split!r}")
+        if not labels or not all(0 <= label < self.n_classes for label in labels):
+            raise DatasetError(
+                f"{video_id}: labels {list(labels)} are not among the {self.n_classes} classes"
+            )
+        if not frames:
+            raise DatasetError(f"{video_id}: no frames")
+        data, keys = encode_video(frames)
+        values = {
+            "id": video_id.encode(),
+            "label_start": len(labels),  # counts here; cumulated in the manifest
+            "label": list(labels),
+            "key_start": len(keys),
+            "key": keys,
+            "split": SUBSETS.index(split),
+            "shard": 0,
+            "offset": self._size,
+            "length": len(data),
+            "frames": len(frames),
+            "height": height,
+            "width": width,
+            "fps": fps,
+            "digest": np.frombuffer(blake2b(data, digest_size=DIGEST_BYTES).digest(), dtype=np.uint8),
+            "order": order,
+        }
+        for name, value in values.items():
+            self._rows[name].append(value)
+        self._payload.append(data)
+        self._size += len(data)
+        if self._size >= self.shard_bytes:
+            self.flush()
+
+    def add_error(self, order: int, video_id: str, message: str) -> None:
+        self._errors.append({"order": order, "id": video_id, "error": message})
+
+    def flush(self) -> None:
+        """Write the pending shard, then its manifest (so a manifest always describes a whole shard)."""
+        if not self._payload and not self._errors:
+            return
+        name = f"{self.prefix}-{self.written:05d}"
+        shard = f"{name}.bin" if self._payload else None
+        if shard is not None:
+            storage.write_bytes(storage.join(self.dataset_uri, shard), b"".join(self._payload))
+        rows = self._rows
+        columns = {
+            "id": np.array(rows["id"], dtype="S"),
+            "label_start": np.concatenate([[0], np.cumsum(rows["label_start"], dtype=np.int64)]),
+            "label": np.array([label for labels in rows["label"] for label in labels], dtype=np.int32),
+            "key_start": np.concatenate([[0], np.cumsum(rows["key_start"], dtype=np.int64)]),
+            "key": np.concatenate(rows["key"]) if rows["key"] else np.zeros(0, np.uint32),
+            "digest": np.array(rows["digest"], dtype=np.uint8).reshape(-1, DIGEST_BYTES),
+            "order": np.array(rows["order"], dtype=np.int64),
+        }
+        for column, kind in COLUMNS.items():
+            if column not in columns:
+                columns[column] = np.array(rows[column], dtype=kind)
+        arrays: dict[str, Any] = {"header": json_array({"shard": shard, "errors": self._errors}), **columns}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        storage.write_bytes(storage.join(work_dir(self.dataset_uri), f"{name}.npz"), buffer.getvalue())
+        self.written += 1
+        self._reset()
+
+
+def start(dataset_uri: str, plan: dict[str, Any]) -> set[str]:
+    """Begin or resume writing a dataset: the ids already written (or found unreadable) by an earlier run
+    with the same plan. Refuses a finished dataset, and an unfinished one of other videos."""
+    if storage.exists(index_uri(dataset_uri)):
+        raise DatasetError(f"{dataset_uri}: a dataset already exists there; choose another URI")
+    plan_uri = storage.join(work_dir(dataset_uri), PLAN_FILE)
+    if storage.exists(plan_uri):
+        if storage.read_json(plan_uri) != json.loads(json.dumps(plan)):
+            raise DatasetError(
+                f"{dataset_uri}: an unfinished dataset of other videos or options is there "
+                f"({plan_uri}); choose another URI, or delete {work_dir(dataset_uri)} to start over"
+            )
+    else:
+        storage.write_json(plan_uri, plan)
+    done: set[str] = set()
+    for header, columns in _manifests(dataset_uri):
+        done.update(video_id.decode() for video_id in columns["id"].tolist())
+        done.update(str(error["id"]) for error in header["errors"])
+    return done
+
+
+def _manifests(dataset_uri: str) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    found = []
+    for uri in storage.list_dir(work_dir(dataset_uri)):
+        if uri.endswith(".npz"):
+            with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as arrays:
+                header = json.loads(arrays["header"].tobytes())
+                found.append((header, {name: arrays[name] for name in arrays.files if name != "header"}))
+    return found
+
+
+def finish(dataset_uri: str, classes: list[str], multi_label: bool = False) -> DatasetIndex:
+    """Build and write the index from the manifests, then tidy up."""
+    manifests = _manifests(dataset_uri)
+    shards = [str(header["shard"]) for header, _ in manifests if header["shard"] is not None]
+    parts = [
+        {**columns, "shard": np.full(len(columns["id"]), shards.index(str(header["shard"])), np.int32)}
+        if header["shard"] is not None
+        else columns
+        for header, columns in manifests
+    ]
+    errors: list[dict[str, Any]] = sorted(
+        (error for header, _ in manifests for error in header["errors"]), key=lambda error: error["order"]
+    )
+    if sum(len(columns["id"]) for columns in parts) == 0:
+        reason = f" ({errors[0]['id']}: {errors[0]['error']})" if errors else ""
+        raise DatasetError(f"{dataset_uri}: no video could be read{reason}")
+    columns = concat_columns(parts, [0] * len(parts), [0] * len(parts))
+    columns = take_rows(columns, np.argsort(columns.pop("order"), kind="stable"))
+    index = DatasetIndex(
+        classes=classes,
+        shards=[storage.join(storage.local_absolute(dataset_uri), shard) for shard in shards],
+        columns=columns,
+        multi_label=multi_label,
+        errors=[{"id": str(error["id"]), "error": str(error["error"])} for error in errors],
+    )
+    save_index(index_uri(dataset_uri), index)
+    for uri in storage.list_dir(dataset_uri):
+        name = posixpath.basename(uri)
+        if name.startswith("shard-") and name not in shards:
+            storage.remove(uri)
+    storage.remove(work_dir(dataset_uri))
+    return index
+
+
+class DatasetWriter:
+    """Writes a whole dataset from one process: videos in, index out (synthetic data, small sources)."""
+
+    def __init__(self, dataset_uri: str, classes: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+        start(dataset_uri, {"classes": classes, "writer": "single"})
+        self.classes = classes
+        self.dataset_uri = dataset_uri
+        self.shards = ShardWriter(dataset_uri, len(classes), shard_bytes)
+        self.count = 0
+
+    def add(self, video_id: str, label: int, split: str, frames: np.ndarray, fps: float = 25.0) -> None:
+        jpegs = jpeg_frames(frames)
+        self.shards.add(self.count, video_id, [label], split, jpegs, frames.shape[1], frames.shape[2], fps)
+        self.count += 1
+
+    def close(self) -> DatasetIndex:
+        self.shards.flush()
+        return finish(self.dataset_uri, self.classes)

@@ -1,0 +1,47 @@
+"""Where a run keeps its files under the spec's storage root (torch-free; the CLI reads results here).
+
+<storage>/experiments/<name>/runs/<run_id>/spec.json             the spec as submitted
+                                          <branch>/spec.json       the spec as the branch trains it
+                                          <branch>/data/<stage>/index.npz   pretraining merge (and subset)
+                                          <branch>/<stage>/checkpoint.pt    one directory per stage
+                                          <branch>/<stage>/metrics.json
+                                          <branch>/<stage>/evaluation/metrics.json
+                                          <branch>/<stage>/evaluation/results.json   top-5 per video
+<branch> is the run directory itself without a sweep, else `branches/<branch name>`.
+<storage>/registry/<name>/<branch name or "main">/   the model registry (see mega3d.pipelines.registry)
+"""
+
+from __future__ import annotations
+
+from mega3d.trainer import storage
+from mega3d.trainer.data.format import INDEX_FILE
+from mega3d.trainer.spec import ExperimentSpec
+
+SPEC_FILE = "spec.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+RESULTS_FILE = "results.json"  # per video, its top-5 classes: the reference's results JSON layout
+
+
+def run_dir(spec: ExperimentSpec, run_id: str) -> str:
+    return storage.join(spec.storage, "experiments", spec.name, "runs", run_id)
+
+
+def branch_dir(run: str, branch: str) -> str:
+    return storage.join(run, "branches", branch) if branch else run
+
+
+def registry_dir(spec: ExperimentSpec, branch: str) -> str:
+    return storage.join(spec.storage, "registry", spec.name, branch or "main")
+
+
+def stage_dir(run: str, stage: str) -> str:
+    return storage.join(run, stage)
+
+
+def evaluation_dir(run: str, stage: str) -> str:
+    return storage.join(run, stage, "evaluation")
+
+
+def merged_index(run: str, stage: str) -> str:
+    return storage.join(run, "data", stage, INDEX_FILE)

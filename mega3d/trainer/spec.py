@@ -1,0 +1,626 @@
+"""The experiment spec: the one contract between the CLI, the pipeline and the trainer.
+
+Torch-free on purpose: the CLI and the pipeline launcher import it without pulling in torch.
+A spec is validated once, when it is loaded (`load_spec` / `parse_spec`); every problem is reported
+with the file and the dotted path of the field, and later layers trust what they are given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mega3d.trainer.model_catalog import FAMILIES, canonical_name, family_of, model_names
+
+# Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
+DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
+K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a Kubernetes object name (namespace, queue, ...)
+PRETRAIN = "pretrain"
+SCRATCH = "scratch"  # init_from: random weights (the paper's baseline without pretraining)
+
+
+def is_checkpoint_uri(init_from: str) -> bool:
+    """Stage names are DNS-safe (no '/' or '.'): anything else names a checkpoint file."""
+    return "/" in init_from or "." in init_from
+
+
+# Stage names become directories of a run, beside these.
+RESERVED_STAGE_NAMES = ("data", "kfp")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Name = Annotated[str, Field(pattern=DNS_NAME)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class SyntheticSpec(_Strict):
+    """Parameters of a synthetic motion dataset; `mega3d data synth` takes the same ones."""
+
+    classes: PositiveInt = 4
+    videos_per_class: PositiveInt = 16
+    frames: PositiveInt = 24
+    size: Annotated[int, Field(ge=16)] = 48
+    speed: PositiveFloat = 1.5
+    rotation: float = 0.0
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class DatasetSpec(_Strict):
+    uri: str = Field(min_length=1, description="fsspec URI; relative paths are under `storage`.")
+    synthetic: SyntheticSpec | None = Field(
+        default=None, description="Synthesize the dataset at `uri` when it does not exist yet."
+    )
+
+
+class ModelSpec(_Strict):
+    """An architecture and its options; unset options take the reference implementation's defaults."""
+
+    name: str = Field(
+        default="r3d-18", description="e.g. r3d-50, r2plus1d-18, or a reference alias (resnet-50)"
+    )
+    n_input_channels: PositiveInt | None = None
+    conv1_t_size: PositiveInt | None = None
+    conv1_t_stride: PositiveInt | None = None
+    no_max_pool: bool | None = None
+    shortcut_type: Literal["A", "B"] | None = None
+    widen_factor: PositiveFloat | None = None
+    k: PositiveInt | None = Field(default=None, description="Wide ResNet width multiplier (default 2)")
+    cardinality: PositiveInt | None = Field(default=None, description="ResNeXt groups (default 32)")
+
+    @field_validator("name")
+    @classmethod
+    def _canonical(cls, name: str) -> str:
+        return canonical_name(name)
+
+    def options(self) -> dict[str, Any]:
+        """The options that were set, as keyword arguments of `mega3d.trainer.models.build_model`."""
+        return {key: value for key, value in self.model_dump(exclude={"name"}).items() if value is not None}
+
+
+CropPosition = Literal["center", "top-left", "top-right", "bottom-left", "bottom-right"]
+CropScale = Annotated[float, Field(gt=0, le=1)]
+# The paper's multi-scale corner crops and normalisation (Kinetics statistics).
+PAPER_SCALES: tuple[float, ...] = (1.0, 2**-0.25, 2**-0.5, 2**-0.75, 0.5)
+CROP_POSITIONS: tuple[CropPosition, ...] = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
+KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
+KINETICS_STD = (0.2768, 0.2713, 0.2737)
+
+
+class ClipSpec(_Strict):
+    """Input clips and their augmentation; the defaults are the paper's (Kinetics mean and std)."""
+
+    frames: PositiveInt = 16
+    size: Annotated[int, Field(ge=8)] = 112
+    scales: Annotated[list[CropScale], Field(min_length=1)] = Field(
+        default=list(PAPER_SCALES),
+        description="Training crops: side = scale x the short side, one scale drawn per clip.",
+    )
+    positions: Annotated[list[CropPosition], Field(min_length=1)] = Field(
+        default=list(CROP_POSITIONS),
+        description="Training crops: where the crop sits, one position drawn per clip.",
+    )
+    flip: bool = Field(default=True, description="Random horizontal flips; off when left and right differ.")
+    mean: tuple[float, float, float] = Field(default=KINETICS_MEAN, description="RGB mean, pixels in [0, 1].")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+        default=KINETICS_STD, description="RGB standard deviation, pixels in [0, 1]."
+    )
+
+
+class OptimizerSpec(_Strict):
+    """SGD with the paper's defaults."""
+
+    lr: PositiveFloat = 0.003
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.001
+    nesterov: bool = False
+
+
+class ScheduleSpec(_Strict):
+    """How the learning rate changes from epoch to epoch.
+
+    plateau (the paper): multiply by `factor` when validation loss has not improved for `patience` epochs;
+    multistep: multiply by `factor` at each epoch in `milestones`; cosine: decay to 0 over the epochs.
+    `warmup_epochs` first ramps it up linearly from lr / warmup_epochs."""
+
+    kind: Literal["plateau", "multistep", "cosine"] = "plateau"
+    patience: Annotated[int, Field(ge=0)] = 10
+    factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    milestones: list[PositiveInt] = Field(default=[], description="multistep: epochs at which lr drops")
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+
+
+class ResourcesSpec(_Strict):
+    nnodes: PositiveInt = 1
+    nproc_per_node: PositiveInt = 1
+    gpus: Annotated[int, Field(ge=0)] = 0
+    cpu: PositiveInt = 4
+    memory_gb: PositiveInt = 16
+
+
+class _StageSpec(_Strict):
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = Field(default=32, description="Clips per process and step.")
+    global_batch_size: PositiveInt | None = Field(
+        default=None,
+        description="Clips per optimizer step over all processes, whatever the node count: sets batch_size "
+        "to global_batch_size / (nnodes x nproc_per_node x accumulate).",
+    )
+    accumulate: PositiveInt = Field(default=1, description="Steps whose gradients add up before an update.")
+    seed: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Seeds weights, clip sampling and augmentation."
+    )
+    checkpoint_every: PositiveInt = Field(
+        default=1, description="Epochs between checkpoints (and the last one)."
+    )
+    keep_checkpoints: PositiveInt = Field(
+        default=2, description="How many of the newest epoch checkpoints to keep."
+    )
+    num_workers: Annotated[int, Field(ge=0)] = 4
+    clip: ClipSpec = ClipSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    max_retries: Annotated[int, Field(ge=0)] = 0
+    precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (GPUs only)")
+    channels_last: bool = Field(default=False, description="channels_last_3d memory format (for GPUs)")
+    compile: bool = Field(
+        default=False, description="torch.compile the training step (minutes of compiling)."
+    )
+    sync_batchnorm: bool = Field(default=False, description="BatchNorm statistics over all GPUs (GPUs only).")
+    max_unreadable: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.01,
+        description="Fraction of clips that may fail to decode (skipped, counted) before the run stops.",
+    )
+    cache_dir: str | None = Field(
+        default=None, description="Node-local directory (e.g. an SSD) that keeps a copy of each video read."
+    )
+
+    def process_batch_size(self) -> int:
+        """Clips per process and step: `batch_size`, or the share of `global_batch_size`."""
+        if self.global_batch_size is None:
+            return self.batch_size
+        res = self.resources
+        return self.global_batch_size // (res.nnodes * res.nproc_per_node * self.accumulate)
+
+
+class PretrainSpec(_StageSpec):
+    datasets: list[str] = Field(min_length=1, description="Datasets whose label spaces are concatenated.")
+
+
+class FinetuneSpec(_StageSpec):
+    name: Name
+    dataset: str
+    init_from: str = Field(
+        default=PRETRAIN,
+        description="'pretrain', 'scratch' (random weights) or a checkpoint URI (relative: under storage)",
+    )
+    train_from: str | None = Field(
+        default=None,
+        description="First module to train (e.g. layer4); earlier modules are frozen. None trains all.",
+    )
+
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class SweepSpec(_Strict):
+    """Axes that expand one spec into parallel branches, one per combination of their values; each branch
+    pretrains, fine-tunes every target and evaluates on its own (the paper's studies, §4.1-4.4)."""
+
+    pretrain_datasets: list[list[str]] = Field(
+        default=[],
+        description="pretraining merges, e.g. [[], [kinetics700], [kinetics700, mit]]; [] trains the "
+        "targets from scratch",
+    )
+    family: list[str] = Field(default=[], description="architecture families, e.g. [r3d, r2plus1d]")
+    depth: list[PositiveInt] = Field(default=[], description="depths, e.g. [18, 34, 50]")
+    category_fraction: list[Fraction] = Field(
+        default=[], description="fractions of the pretraining categories kept"
+    )
+    instance_fraction: list[Fraction] = Field(
+        default=[], description="fractions of each kept category's training videos kept"
+    )
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One combination of a sweep: a name (a directory under the run; empty without a sweep), the model and
+    the pretraining data it trains on."""
+
+    name: str
+    model: ModelSpec
+    pretrain_datasets: tuple[str, ...] = ()
+    category_fraction: float = 1.0
+    instance_fraction: float = 1.0
+
+    @property
+    def subset(self) -> bool:
+        return self.category_fraction < 1 or self.instance_fraction < 1
+
+
+class EvaluationSpec(_Strict):
+    split: Literal["training", "validation", "testing"] = "validation"
+    batch_size: PositiveInt = 32
+
+
+class ExperimentSpec(_Strict):
+    name: Name
+    storage: str = Field(min_length=1, description="Root URI for datasets, checkpoints and metrics.")
+    image: str = "mega3d:latest"
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    model: ModelSpec = Field(default=ModelSpec(), description="The architecture every stage trains.")
+    pretrain: PretrainSpec | None = Field(
+        default=None, description="None: fine-tune existing checkpoints only."
+    )
+    finetune: list[FinetuneSpec] = Field(min_length=1)
+    evaluation: EvaluationSpec = EvaluationSpec()
+    sweep: SweepSpec | None = Field(default=None, description="Parallel branches over data and models.")
+
+    def branches(self) -> list[Branch]:
+        """Every combination of the sweep's values (one unnamed branch without a sweep). A branch is named
+        by the values of its axes, e.g. `kinetics700+mit_r3d-50_c30`."""
+        pretrain = tuple(self.pretrain.datasets) if self.pretrain else ()
+        sweep = self.sweep or SweepSpec()
+        family, _, depth = self.model.name.rpartition("-")
+        axes = itertools.product(
+            [tuple(d) for d in sweep.pretrain_datasets] or [pretrain],
+            sweep.family or [family],
+            sweep.depth or [int(depth)],
+            sweep.category_fraction or [1.0],
+            sweep.instance_fraction or [1.0],
+        )
+        branches: list[Branch] = []
+        for datasets, family_name, depth_value, categories, instances in axes:
+            if not datasets and (categories, instances) != (1.0, 1.0):
+                continue  # from scratch there is no pretraining data to take a fraction of
+
+            parts = [
+                ("+".join(datasets) or SCRATCH) if sweep.pretrain_datasets else "",
+                f"{family_name}-{depth_value}" if sweep.family or sweep.depth else "",
+                f"c{round(categories * 100)}" if sweep.category_fraction and datasets else "",
+                f"i{round(instances * 100)}" if sweep.instance_fraction and datasets else "",
+            ]
+            model = self.model.model_copy(update={"name": f"{family_name}-{depth_value}"})
+            name = "_".join(part for part in parts if part)
+            branches.append(Branch(name, model, datasets, categories, instances))
+        return branches
+
+    def for_branch(self, branch: Branch) -> ExperimentSpec:
+        """The spec as one branch trains it: its model and pretraining datasets, no sweep. A branch without
+        pretraining datasets has no pretrain stage, and its targets train from scratch (every module)."""
+        update: dict[str, Any] = {"model": branch.model, "sweep": None}
+        if self.pretrain is not None and branch.pretrain_datasets:
+            update["pretrain"] = self.pretrain.model_copy(update={"datasets": list(branch.pretrain_datasets)})
+        elif self.pretrain is not None:
+            update["pretrain"] = None
+            update["finetune"] = [
+                stage.model_copy(update={"init_from": SCRATCH, "train_from": None})
+                if stage.init_from == PRETRAIN
+                else stage
+                for stage in self.finetune
+            ]
+        return self.model_copy(update=update)
+
+    def check_branches(self, max_branches: int, source: str) -> None:
+        """SpecError when the sweep expands to more branches than the deployment allows."""
+        n = len(self.branches())
+        if n > max_branches:
+            message = f"expands to {n} branches, more than max_branches {max_branches} (settings)"
+            raise SpecError(source, [Problem("sweep", message)])
+
+    def stage(self, name: str) -> PretrainSpec | FinetuneSpec:
+        if name == PRETRAIN and self.pretrain is not None:
+            return self.pretrain
+        for stage in self.finetune:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage named {name!r}")
+
+    def stage_datasets(self, name: str) -> list[str]:
+        """The datasets a stage trains on: the pretraining merge, or a fine-tune stage's target."""
+        stage = self.stage(name)
+        return stage.datasets if isinstance(stage, PretrainSpec) else [stage.dataset]
+
+    def stage_names(self) -> list[str]:
+        return [*([PRETRAIN] if self.pretrain else []), *(stage.name for stage in self.finetune)]
+
+    def stages(self) -> list[tuple[str, PretrainSpec | FinetuneSpec]]:
+        """(dotted path, stage) of every stage, in order."""
+        return [
+            *([("pretrain", self.pretrain)] if self.pretrain else []),
+            *((f"finetune[{i}]", stage) for i, stage in enumerate(self.finetune)),
+        ]
+
+    def under_storage(self, uri: str) -> str:
+        """A URI as written in the spec: relative ones are under `storage`."""
+        return uri if "://" in uri or uri.startswith("/") else f"{self.storage.rstrip('/')}/{uri}"
+
+    def dataset_uri(self, name: str) -> str:
+        return self.under_storage(self.datasets[name].uri)
+
+    def with_storage(self, storage: str) -> ExperimentSpec:
+        return self.model_copy(update={"storage": storage})
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; one line per problem, each naming the source and the field."""
+
+    def __init__(self, source: str, problems: Iterable[Problem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.source}: {p.path}: {p.message}" if p.path else f"{self.source}: {p.message}"
+            for p in self.problems
+        ]
+
+
+def _dotted(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+_FRIENDLY = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+}
+# Only names carry a pattern: mega3d's own (pods are named after them) and Kubernetes object names.
+_NAME_RULES = {
+    DNS_NAME: "must be lowercase letters, digits and '-', start with a letter, at most 32 long",
+    K8S_NAME: "must be lowercase letters, digits and '-', start and end with a letter or digit, "
+    "at most 63 long",
+}
+
+
+def validation_problems(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        message = _FRIENDLY.get(item["type"], item["msg"])
+        if item["type"] == "string_pattern_mismatch":
+            message = _NAME_RULES.get(item.get("ctx", {}).get("pattern", ""), message)
+        if item["type"] not in ("missing",):
+            message += f" (got {json.dumps(item['input'], default=str)[:60]})"
+        problems.append(Problem(_dotted(item["loc"]), message))
+    return problems
+
+
+def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
+    known = sorted(spec.datasets)
+    problems = []
+
+    def check_dataset(path: str, name: str) -> None:
+        if name not in spec.datasets:
+            problems.append(Problem(path, f"unknown dataset {name!r} (defined: {', '.join(known)})"))
+
+    pretrain_datasets = spec.pretrain.datasets if spec.pretrain else []
+    for i, name in enumerate(pretrain_datasets):
+        check_dataset(f"pretrain.datasets[{i}]", name)
+        if name in pretrain_datasets[:i]:
+            problems.append(Problem(f"pretrain.datasets[{i}]", f"{name!r} is listed twice"))
+    for path, stage in spec.stages():
+        res = stage.resources
+        problems += _schedule_problems(path, stage)
+        if not res.gpus and stage.precision == "bf16":
+            # PyTorch's CPU bf16 3D convolutions crash (with channels_last_3d) or return non-finite
+            # gradients on some CPUs (seen with torch 2.13), and are no faster than fp32 there.
+            problems.append(Problem(f"{path}.precision", "bf16 needs GPUs (gpus: 0); use fp32 on CPUs"))
+        if stage.sync_batchnorm and not res.gpus:
+            problems.append(Problem(f"{path}.sync_batchnorm", "SyncBatchNorm needs GPUs (gpus: 0)"))
+        if res.gpus and res.nproc_per_node > res.gpus:
+            problems.append(
+                Problem(
+                    f"{path}.resources.nproc_per_node",
+                    f"{res.nproc_per_node} processes per node but {res.gpus} GPUs (one process per GPU)",
+                )
+            )
+    model = spec.model
+    stages: tuple[str, ...] = ()
+    if model.name not in model_names():
+        problems.append(
+            Problem(
+                "model.name",
+                f"unknown architecture {model.name!r} (known: {', '.join(model_names())})",
+            )
+        )
+    else:
+        family_name, family = family_of(model.name)
+        stages = family.stages
+        problems += [
+            Problem(f"model.{option}", f"{family_name} models take no {option!r} option")
+            for option in model.options()
+            if option not in family.options
+        ]
+    earlier = spec.stage_names()[:1] if spec.pretrain else []
+    for i, stage in enumerate(spec.finetune):
+        check_dataset(f"finetune[{i}].dataset", stage.dataset)
+        if stage.name in earlier or stage.name in RESERVED_STAGE_NAMES:
+            problems.append(Problem(f"finetune[{i}].name", f"stage name {stage.name!r} is already used"))
+        if stage.train_from is not None and stages and stage.train_from not in stages:
+            problems.append(
+                Problem(
+                    f"finetune[{i}].train_from",
+                    f"{model.name} has no stage {stage.train_from!r} (one of: {', '.join(stages)})",
+                )
+            )
+        # Fine-tune stages run side by side (a ParallelFor): each starts from pretraining, scratch or a file.
+        known_start = stage.init_from == SCRATCH or (
+            stage.init_from == PRETRAIN and spec.pretrain is not None
+        )
+        if not is_checkpoint_uri(stage.init_from) and not known_start:
+            problems.append(
+                Problem(
+                    f"finetune[{i}].init_from",
+                    f"{stage.init_from!r} is neither the pretrain stage"
+                    f"{'' if spec.pretrain else ' (the spec has none)'}, scratch, nor a checkpoint URI",
+                )
+            )
+        if stage.init_from == SCRATCH and stage.train_from is not None:
+            problems.append(
+                Problem(
+                    f"finetune[{i}].train_from", "training from scratch trains every module: leave it unset"
+                )
+            )
+        earlier.append(stage.name)
+    if spec.sweep is not None:
+        problems += _sweep_problems(spec, spec.sweep, check_dataset)
+    return problems
+
+
+def _sweep_problems(
+    spec: ExperimentSpec, sweep: SweepSpec, check_dataset: Callable[[str, str], None]
+) -> list[Problem]:
+    problems = []
+    if spec.pretrain is None:
+        for axis in ("pretrain_datasets", "category_fraction", "instance_fraction"):
+            if getattr(sweep, axis):
+                problems.append(Problem(f"sweep.{axis}", "needs a pretrain stage"))
+    for i, datasets in enumerate(sweep.pretrain_datasets):
+        for j, name in enumerate(datasets):
+            check_dataset(f"sweep.pretrain_datasets[{i}][{j}]", name)
+    for axis in ("pretrain_datasets", "family", "depth", "category_fraction", "instance_fraction"):
+        values = [json.dumps(value) for value in getattr(sweep, axis)]
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                problems.append(Problem(f"sweep.{axis}[{i}]", f"{value} is listed twice"))
+    for i, family_name in enumerate(sweep.family):
+        if family_name not in FAMILIES:
+            problems.append(
+                Problem(
+                    f"sweep.family[{i}]", f"unknown family {family_name!r} (one of: {', '.join(FAMILIES)})"
+                )
+            )
+    known = model_names()
+    if not problems:
+        for branch in spec.branches():
+            name = branch.model.name
+            if name not in known:
+                problems.append(Problem("sweep.depth", f"{name} is not a model (see `mega3d models list`)"))
+                continue
+            family_name, family = family_of(name)
+            problems += [
+                Problem("sweep.family", f"{family_name} models take no {option!r} option (model.{option})")
+                for option in spec.model.options()
+                if option not in family.options
+            ]
+            stages = family.stages
+            problems += [
+                Problem(f"finetune[{i}].train_from", f"{name} has no stage {stage.train_from!r}")
+                for i, stage in enumerate(spec.finetune)
+                if stage.train_from is not None and stage.train_from not in stages
+            ]
+    return list(dict.fromkeys(problems))
+
+
+def _schedule_problems(path: str, stage: PretrainSpec | FinetuneSpec) -> list[Problem]:
+    problems = []
+    schedule, optimizer = stage.schedule, stage.optimizer
+    if schedule.kind == "multistep" and not schedule.milestones:
+        problems.append(
+            Problem(f"{path}.schedule.milestones", "multistep needs the epochs at which lr drops")
+        )
+    if schedule.milestones != sorted(set(schedule.milestones)):
+        problems.append(Problem(f"{path}.schedule.milestones", "must increase"))
+    if schedule.warmup_epochs >= stage.epochs:
+        problems.append(
+            Problem(f"{path}.schedule.warmup_epochs", f"must be fewer than the {stage.epochs} epochs")
+        )
+    if optimizer.nesterov and optimizer.momentum == 0:
+        problems.append(Problem(f"{path}.optimizer.nesterov", "needs momentum > 0"))
+    if stage.global_batch_size is not None:
+        res = stage.resources
+        share = res.nnodes * res.nproc_per_node * stage.accumulate
+        if "batch_size" in stage.model_fields_set:
+            problems.append(
+                Problem(f"{path}.global_batch_size", "give global_batch_size or batch_size, not both")
+            )
+        elif stage.global_batch_size % share:
+            problems.append(
+                Problem(
+                    f"{path}.global_batch_size",
+                    f"{stage.global_batch_size} clips do not divide among {res.nnodes} x "
+                    f"{res.nproc_per_node} processes x {stage.accumulate} accumulated steps",
+                )
+            )
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
+    """Validate plain data (as loaded from YAML/JSON) into a spec, or raise SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [Problem("", "the spec must be a mapping of fields")])
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(source, validation_problems(error)) from None
+    problems = _reference_problems(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read a YAML spec file (safe loader) and validate it."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise SpecError(source, [Problem("", f"cannot read: {error.strerror or error}")]) from None
+    except UnicodeDecodeError:
+        raise SpecError(source, [Problem("", "cannot read: not UTF-8 text")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise SpecError(
+            source, [Problem("", f"{where}invalid YAML ({getattr(error, 'problem', error)})")]
+        ) from None
+    return parse_spec(data, source)
+
+
+def spec_from_json(text: str, source: str = "spec_json") -> ExperimentSpec:
+    """Read a spec passed on as JSON (a pipeline parameter, which may have been edited in the Kubeflow UI)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpecError(source, [Problem("", f"invalid JSON ({error})")]) from None
+    return parse_spec(data, source)
+
+
+def summary(spec: ExperimentSpec) -> str:
+    pre = spec.pretrain
+    pretraining = (
+        f"pretrain on {'+'.join(pre.datasets)} ({pre.resources.nnodes}x{pre.resources.nproc_per_node}, "
+        f"{pre.epochs} epochs), "
+        if pre
+        else ""
+    )
+    targets = ", ".join(
+        f"{s.name}({s.dataset}{'' if s.init_from in spec.stage_names() else ' from ' + s.init_from})"
+        for s in spec.finetune
+    )
+    branches = spec.branches()
+    sweep = (
+        f"sweep of {len(branches)} branches ({', '.join(b.name for b in branches)}); " if spec.sweep else ""
+    )
+    return f"{spec.name}: {spec.model.name}; {pretraining}fine-tune {targets}; {sweep}storage {spec.storage}"
