@@ -43,7 +43,6 @@ import os
 import pstats
 import random
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,12 +55,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.gcs_emulator
-from mega3d.trainer.data.augment import Augmentation, normalize
+from mega3d.testing import gcs_emulator
+from mega3d.trainer.data.augment import normalize
 from mega3d.trainer.data.clips import TrainingClips
 from mega3d.trainer.data.format import JPEG_QUALITY, DatasetIndex, index_uri, load_index
 from mega3d.trainer.data.ingest import Options, Source, SourceVideo, ingest
-from tests.gcs_emulator import gcs_emulator
+from mega3d.trainer.spec import ClipSpec
 
 CLIP_FRAMES = 16
 CLIP_SIZE = 112
@@ -341,8 +340,8 @@ def time_variant(variant: Variant, clips: int, warmup: int, seed: int) -> Round:
 def mega3d_variant(
     name: str, what: str, index: DatasetIndex, server: int | None = None, cache_dir: str | None = None
 ) -> Variant:
-    augmentation = Augmentation(size=CLIP_SIZE)
-    clips = TrainingClips(index, "training", CLIP_FRAMES, augmentation, cache_dir=cache_dir)
+    augmentation = ClipSpec(frames=CLIP_FRAMES, size=CLIP_SIZE)  # the paper's crops, flips and statistics
+    clips = TrainingClips(index, "training", augmentation, cache_dir=cache_dir)
     if cache_dir is not None:
         for i in range(len(clips)):  # the first epoch fills the cache
             clips[i]

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mega3d.trainer.data.augment import Augmentation, normalize
+from mega3d.trainer.data.augment import normalize
 from mega3d.trainer.data.clips import TrainingClips
 from mega3d.trainer.data.format import index_uri, load_index
 from mega3d.trainer.data.synth import synthesize
 from mega3d.trainer.models import build_model
-from mega3d.trainer.spec import SyntheticSpec
+from mega3d.trainer.spec import ClipSpec, SyntheticSpec
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ SETTINGS = (
 def clips_per_second(clips: TrainingClips, seconds: float) -> float:
     """Clips made per second, normalised one at a time (the Trainer normalises whole batches)."""
     done, started = 0, time.perf_counter()
-    mean, std = clips.augmentation.mean, clips.augmentation.std
+    mean, std = clips.clip.mean, clips.clip.std
     while time.perf_counter() - started < seconds:
         clip, flip, _, _ = clips[done % len(clips)]
         normalize(clip[None], mean, std, torch.tensor([flip]))
@@ -85,8 +85,8 @@ def main() -> None:
                 classes=4, videos_per_class=8, frames=2 * setting.frames, size=setting.video_size
             )
             synthesize(tmp, params)
-            augmentation = Augmentation(size=setting.size)
-            clips = TrainingClips(load_index(index_uri(tmp)), "training", setting.frames, augmentation)
+            clip = ClipSpec(frames=setting.frames, size=setting.size)
+            clips = TrainingClips(load_index(index_uri(tmp)), "training", clip)
             loader_rate = clips_per_second(clips, seconds=2.0)
         train_rate = steps_per_second(setting, params.classes, args.steps) * setting.batch
         model = f"{setting.model} x{setting.widen_factor:g}"

@@ -45,17 +45,17 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mega3d.trainer.data.augment import Augmentation
 from mega3d.trainer.data.format import index_uri
 from mega3d.trainer.data.synth import synthesize
 from mega3d.trainer.models import build_model
-from mega3d.trainer.spec import SyntheticSpec
-from mega3d.trainer.train import Trainer, TrainJob
+from mega3d.trainer.records import StageJob
+from mega3d.trainer.spec import ClipSpec, EvaluationSpec, ModelSpec, PretrainSpec, SyntheticSpec
+from mega3d.trainer.train import Trainer
 
 CLIP_FRAMES = 16
 CLIP_SIZE = 112
@@ -107,7 +107,7 @@ class Device:
         return torch.cuda.get_device_name(self.device) if self.on_gpu else "CPU"
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> Literal["fp32", "bf16"]:
         return "bf16" if self.on_gpu else "fp32"
 
     def peak_tflops(self) -> float | None:
@@ -181,21 +181,24 @@ def run_setting(
     data: str, out_dir: str, model: Model, workers: int, where: Device, args: argparse.Namespace
 ) -> Result:
     """One Trainer from setup to close; its log is kept back unless --verbose (and shown if it fails)."""
-    job = TrainJob(
-        stage="bench",
-        data_index=index_uri(data),
-        out_dir=out_dir,  # a fresh one: a Trainer resumes from any epoch checkpoint it finds there
-        model_name=model.name,
-        model_options=model.options,
+    stage = PretrainSpec(
+        datasets=["bench"],
+        epochs=args.epochs,
         batch_size=args.batch_size,
         num_workers=workers,
-        clip_frames=CLIP_FRAMES,
-        augmentation=Augmentation(size=CLIP_SIZE),
-        epochs=args.epochs,
-        lr=0.003,
+        clip=ClipSpec(frames=CLIP_FRAMES, size=CLIP_SIZE),
         precision=where.precision,
         channels_last=where.on_gpu,
         compile=args.compile,
+    )
+    job = StageJob(
+        stage="bench",
+        spec=stage,
+        model=ModelSpec(name=model.name, **model.options),
+        evaluation=EvaluationSpec(),
+        experiment="bench",
+        data_index=index_uri(data),
+        out_dir=out_dir,  # a fresh one: a Trainer resumes from any epoch checkpoint it finds there
     )
     log = io.StringIO()
     started = time.perf_counter()
@@ -211,10 +214,10 @@ def run_setting(
     finally:
         trainer.close()
     wall = time.perf_counter() - started
-    last = trainer.history[-1]
+    last = trainer.state.history[-1]
     del trainer
     gc.collect()  # the loaders' persistent workers end with their iterators, before the next setting starts
-    return Result(workers, last["clips_per_s"], last["data_wait"], last["seconds"], wall)
+    return Result(workers, last.clips_per_s, last.data_wait, last.seconds, wall)
 
 
 def default_workers(where: Device) -> list[int]:

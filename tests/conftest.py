@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gcs_emulator import gcs_emulator
+from mega3d.testing import gcs_emulator
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"

@@ -1,12 +1,15 @@
 """`mega3d submit`, `mega3d runs ...`, `mega3d schedule ...`: experiments on a Kubeflow Pipelines cluster.
 
 Where and how is read from the deployment settings (`--settings`, `$MEGA3D_*`), with the command line's
-options on top. Everything that can be checked here (spec, settings, host, cron, compilation) is checked
-before the cluster is contacted. kfp is imported inside the commands, so `mega3d --help` stays quick.
+options on top; `on_cluster` gives every command the same connection options and builds its Target of them.
+Everything that can be checked here (settings, host, spec, cron, compilation) is checked before the cluster
+is contacted. kfp is imported inside the commands, so `mega3d --help` stays quick.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import os
@@ -28,7 +31,7 @@ from mega3d.pipelines.settings import Deployment, load_settings
 from mega3d.trainer.spec import ExperimentSpec, SpecError, load_spec, validation_problems
 
 if TYPE_CHECKING:
-    from mega3d.pipelines.client import Cluster, Run
+    from mega3d.kubeflow.client import Cluster, Run
 
 # Exit code of `runs wait` when the run is still going at --timeout (as coreutils `timeout` exits).
 WAIT_TIMEOUT_EXIT = 124
@@ -105,11 +108,11 @@ def read_spec(path: Path) -> ExperimentSpec:
 
 
 def target_of(
-    settings: Path | None,
-    token: str | None,
     *,
     host: str | None,
     namespace: str | None,
+    token: str | None,
+    settings: Path | None,
     experiment: str | None = None,
 ) -> Target:
     """The deployment settings (file and $MEGA3D_*), with the options given on the command line on top."""
@@ -132,10 +135,52 @@ def target_of(
     return Target(deployment, deployment.host, token)
 
 
+Command = Callable[..., None]
+# What `on_cluster` adds to a command's parameters, in the order of its --help.
+EXPERIMENT_PARAMETER = inspect.Parameter(
+    "experiment", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Experiment
+)
+CONNECTION_PARAMETERS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+    for name, annotation in (
+        ("host", Host),
+        ("namespace", Namespace),
+        ("token", Token),
+        ("settings", Settings),
+    )
+]
+
+
+def on_cluster(*, experiment: bool = False) -> Callable[[Command], Command]:
+    """A command on the cluster: it gets the connection options (`--host`, `--namespace`, `--token`,
+    `--settings`; with `experiment`, `--experiment` too) after its own, and is called with their Target as
+    its parameter `target`. Bad settings or options end it (one line, exit 2) before it starts.
+
+    Typer takes a command's options from its signature, and a group callback's options would have to come
+    before the subcommand (`mega3d runs --host URL list`, not `mega3d runs list --host URL`): so the
+    signature Typer reads (`__signature__`) has the options in place of `target`, and the wrapper turns
+    them into the Target."""
+    added = [*([EXPERIMENT_PARAMETER] if experiment else []), *CONNECTION_PARAMETERS]
+
+    def decorate(command: Command) -> Command:
+        parameters = inspect.signature(command, eval_str=True).parameters.values()
+        own = [parameter for parameter in parameters if parameter.name != "target"]
+
+        @functools.wraps(command)
+        def with_target(**options: Any) -> None:
+            where = {parameter.name: options.pop(parameter.name) for parameter in added}
+            command(target=target_of(**where), **options)
+
+        with_target.__signature__ = inspect.Signature([*own, *added])  # type: ignore[attr-defined]
+        return with_target
+
+    return decorate
+
+
 @contextmanager
 def connected(target: Target) -> Iterator[Cluster]:
     """The cluster, connected and healthy; what it cannot serve ends the command with one line (exit 2)."""
-    from mega3d.pipelines.client import Cluster, ClusterError
+    from mega3d.kubeflow.client import Cluster, ClusterError
 
     # urllib3 logs a warning for each retry of a failed connection; the command ends with one line instead.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
@@ -184,14 +229,11 @@ def when(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S %Z}".strip() if moment and moment.year > 1970 else "-"
 
 
+@on_cluster(experiment=True)
 def submit(
+    target: Target,
     spec: SpecPath,
     skip_if_trained: Annotated[bool, typer.Option(help=SKIP_HELP)] = False,
-    experiment: Experiment = None,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
 ) -> None:
     """Compile a spec and run it on Kubeflow Pipelines; print the run id and its link in the Kubeflow UI.
 
@@ -199,7 +241,6 @@ def submit(
     defaults (run_id empty: the KFP run's id names the run directory; scheduler kubernetes), but
     skip_if_trained with --skip-if-trained."""
     experiment_spec = read_spec(spec)
-    target = target_of(settings, token, host=host, namespace=namespace, experiment=experiment)
     experiment_spec = storage_on_cluster(experiment_spec, target.deployment, spec)
     run_name = f"{experiment_spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
     with compiled(experiment_spec, target.deployment) as package, connected(target) as cluster:
@@ -218,16 +259,9 @@ runs_app = typer.Typer(
 
 
 @runs_app.command("list")
-def list_runs(
-    experiment: Experiment = None,
-    limit: Limit = 20,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster(experiment=True)
+def list_runs(target: Target, limit: Limit = 20) -> None:
     """The newest runs of the experiment: id, name, state, created, finished."""
-    target = target_of(settings, token, host=host, namespace=namespace, experiment=experiment)
     with connected(target) as cluster:
         runs = cluster.runs(target.deployment.experiment, limit)
     if not runs:
@@ -250,41 +284,32 @@ def print_run(run: Run, link: str) -> None:
 
 
 @runs_app.command()
-def status(
-    run_id: RunId,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster()
+def status(target: Target, run_id: RunId) -> None:
     """A run's state, times, error (if it failed) and link."""
-    target = target_of(settings, token, host=host, namespace=namespace)
     with connected(target) as cluster:
         run = cluster.run(run_id)
     print_run(run, cluster.run_link(run_id))
 
 
 @runs_app.command()
+@on_cluster()
 def wait(
+    target: Target,
     run_id: RunId,
     timeout: Annotated[
         float | None,
         typer.Option(min=0, help="Give up after this many seconds (exit code 124); default: no limit."),
     ] = None,
     poll: Annotated[float, typer.Option(min=0.01, help="Seconds between readings of the run.")] = 10.0,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
 ) -> None:
     """Follow a run to its end, printing each state it enters. Exit code 0 when it SUCCEEDED, 1 when it
     FAILED, was CANCELED or SKIPPED, 124 when --timeout passes first."""
-    from mega3d.pipelines.client import SUCCEEDED, TERMINAL_STATES
+    from mega3d.kubeflow.client import SUCCEEDED, TERMINAL_STATES
 
     def report(run: Run) -> None:
         out.print(f"{time.strftime('%H:%M:%S')} run {run.run_id}: {run.state}", soft_wrap=True)
 
-    target = target_of(settings, token, host=host, namespace=namespace)
     with connected(target) as cluster:
         run = cluster.wait(run_id, math.inf if timeout is None else timeout, poll, report)
     if run.state == SUCCEEDED:
@@ -295,15 +320,9 @@ def wait(
 
 
 @runs_app.command()
-def cancel(
-    run_id: RunId,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster()
+def cancel(target: Target, run_id: RunId) -> None:
     """Cancel a run: its steps are stopped, and they cancel the training jobs they launched."""
-    target = target_of(settings, token, host=host, namespace=namespace)
     with connected(target) as cluster:
         cluster.cancel(run_id)
     out.print(f"cancelling run {run_id}; `mega3d runs wait {run_id}` follows it to the end", soft_wrap=True)
@@ -334,7 +353,9 @@ schedule_app = typer.Typer(
 
 
 @schedule_app.command("create")
+@on_cluster(experiment=True)
 def create_schedule(
+    target: Target,
     spec: SpecPath,
     cron: Annotated[
         str,
@@ -355,21 +376,15 @@ def create_schedule(
             help=f"{SKIP_HELP} On by default: scheduled retraining is for new data.",
         ),
     ] = True,
-    experiment: Experiment = None,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
 ) -> None:
     """Run a spec on a cron schedule: one run at a time, and after a pause only the latest missed run (no
     catch-up). Storage and parameters as for `mega3d submit`, but skipping data already trained on."""
-    from mega3d.pipelines.client import cron_problem
+    from mega3d.kubeflow.client import cron_problem
 
     problem = cron_problem(cron)
     if problem:
         fail([f"--cron {cron!r}: {problem}"])
     experiment_spec = read_spec(spec)
-    target = target_of(settings, token, host=host, namespace=namespace, experiment=experiment)
     experiment_spec = storage_on_cluster(experiment_spec, target.deployment, spec)
     with compiled(experiment_spec, target.deployment) as package, connected(target) as cluster:
         created = cluster.schedule(
@@ -387,16 +402,9 @@ def create_schedule(
 
 
 @schedule_app.command("list")
-def list_schedules(
-    experiment: Experiment = None,
-    limit: Limit = 20,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster(experiment=True)
+def list_schedules(target: Target, limit: Limit = 20) -> None:
     """The recurring runs of the experiment: id, name, cron, ENABLED or DISABLED, created."""
-    target = target_of(settings, token, host=host, namespace=namespace, experiment=experiment)
     with connected(target) as cluster:
         recurring_runs = cluster.recurring_runs(target.deployment.experiment, limit)
     if not recurring_runs:
@@ -420,39 +428,21 @@ def change_recurring_run(
 
 
 @schedule_app.command()
-def pause(
-    recurring_run_id: RecurringRunId,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster()
+def pause(target: Target, recurring_run_id: RecurringRunId) -> None:
     """Stop starting runs (a run in progress goes on); `mega3d schedule resume` starts again."""
-    target = target_of(settings, token, host=host, namespace=namespace)
     change_recurring_run(target, recurring_run_id, lambda cluster, run: cluster.pause(run), "paused")
 
 
 @schedule_app.command()
-def resume(
-    recurring_run_id: RecurringRunId,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster()
+def resume(target: Target, recurring_run_id: RecurringRunId) -> None:
     """Start runs again on the schedule; runs missed while paused are not made up (no catch-up)."""
-    target = target_of(settings, token, host=host, namespace=namespace)
     change_recurring_run(target, recurring_run_id, lambda cluster, run: cluster.resume(run), "resumed")
 
 
 @schedule_app.command()
-def delete(
-    recurring_run_id: RecurringRunId,
-    host: Host = None,
-    namespace: Namespace = None,
-    token: Token = None,
-    settings: Settings = None,
-) -> None:
+@on_cluster()
+def delete(target: Target, recurring_run_id: RecurringRunId) -> None:
     """Delete a recurring run; the runs it started are kept."""
-    target = target_of(settings, token, host=host, namespace=namespace)
     change_recurring_run(target, recurring_run_id, lambda cluster, run: cluster.delete(run), "deleted")

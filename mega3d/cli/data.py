@@ -207,7 +207,7 @@ def ingest(
         soft_wrap=True,
     )
     if index.errors:
-        shown = "; ".join(f"{e['id']}: {e['error']}" for e in index.errors[:3])
+        shown = "; ".join(f"{e.id}: {e.error}" for e in index.errors[:3])
         out.print(f"{len(index.errors)} unreadable (listed in the index's errors): {shown}", soft_wrap=True)
 
 
@@ -226,7 +226,7 @@ def merge(
     ] = None,
 ) -> None:
     """Concatenate label spaces into a new index over the existing shards (no video is copied)."""
-    from mega3d.trainer.data.format import DatasetError
+    from mega3d.trainer.data.format import DatasetError, MergedSource, UnifiedClasses
     from mega3d.trainer.data.format import merge as merge_indexes
     from mega3d.trainer.data.ops import read_unify_map, unify_classes
 
@@ -234,18 +234,19 @@ def merge(
     if len(names) != len(datasets):
         fail([f"--name given {len(names)} times for {len(datasets)} datasets"])
     try:
-        merged = merge_indexes([(n, load_dataset(uri)) for n, uri in zip(names, datasets, strict=True)])
-        for source, uri in zip(merged.sources, datasets, strict=True):
-            source["uri"] = uri
+        merged = merge_indexes(
+            [(n, load_dataset(uri)) for n, uri in zip(names, datasets, strict=True)], datasets
+        )
         if unify is not None:
             merged = unify_classes(merged, read_unify_map(unify), str(unify))
     except DatasetError as error:
         fail([str(error)])
     save_dataset(output, merged)
-    parts = " + ".join(f"{s['name']} {s['classes']}" for s in merged.sources if "name" in s)
+    parts = " + ".join(f"{s.name} {s.classes}" for s in merged.sources if isinstance(s, MergedSource))
+    fused = sum(len(c) for s in merged.sources if isinstance(s, UnifiedClasses) for c in s.unify.values())
     out.print(
         f"wrote {output}: {len(merged.classes)} classes ({parts}"
-        + (f", {sum(len(c) for c in merged.sources[-1]['unify'].values())} fused" if unify else "")
+        + (f", {fused} fused" if unify else "")
         + f"), {len(merged)} videos, fingerprint {merged.fingerprint}",
         soft_wrap=True,
     )
@@ -263,10 +264,9 @@ def subset(
     from mega3d.trainer.data.ops import subset as take_subset
 
     try:
-        part = take_subset(load_dataset(uri), categories, instances, seed)
+        part = take_subset(load_dataset(uri), categories, instances, seed, uri)
     except DATA_ERRORS as error:
         fail([str(error)])
-    part.sources[-1]["uri"] = uri
     save_dataset(output, part)
     out.print(
         f"wrote {output}: {len(part.classes)} classes, {len(part.rows('training'))} training videos "

@@ -209,7 +209,7 @@ def import_model(
     every tensor fits the architecture; fine-tune it with `init_from: URI` in a spec."""
     import subprocess
 
-    command = [sys.executable, "-m", "mega3d.trainer.models", "import", source, "--output", output]
+    command = [sys.executable, "-m", "mega3d.trainer.convert", source, "--output", output]
     command += ["--arch", arch] if arch else []
     command += ["--shortcut-type", shortcut_type.value] if shortcut_type else []
     result = subprocess.run(command, capture_output=True, text=True)  # torch stays out of the CLI process
@@ -218,10 +218,7 @@ def import_model(
         fail([last_line.removeprefix("error: ")])
     if result.returncode != 0:
         fail(
-            [
-                f"internal error in `python -m mega3d.trainer.models import` (exit {result.returncode}): "
-                f"{last_line}"
-            ],
+            [f"internal error in `python -m mega3d.trainer.convert` (exit {result.returncode}): {last_line}"],
             1,
         )
     out.print(result.stdout.strip(), soft_wrap=True)

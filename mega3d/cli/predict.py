@@ -10,14 +10,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mega3d.cli.console import fail, out
+from mega3d.trainer.records import Prediction
 
 
-def run_predict(command: list[str]) -> dict[str, Any]:
+def run_predict(command: list[str]) -> Prediction:
     """The JSON object `python -m mega3d.trainer.predict` prints; its bad-input line ends the command
     (exit 2), anything else it does wrong is an internal error (exit 1)."""
     result = subprocess.run(
@@ -32,10 +33,8 @@ def run_predict(command: list[str]) -> dict[str, Any]:
             1,
         )
     try:
-        answer = json.loads((result.stdout.strip().splitlines() or [""])[-1])
-        if not isinstance(answer, dict) or not isinstance(answer.get("top"), list):
-            raise ValueError("not a prediction")
-    except ValueError:
+        return Prediction.parse(json.loads((result.stdout.strip().splitlines() or [""])[-1]), "stdout")
+    except ValueError:  # not JSON, or not a prediction (RecordError)
         fail(
             [
                 "internal error: `python -m mega3d.trainer.predict` printed no prediction: "
@@ -43,7 +42,6 @@ def run_predict(command: list[str]) -> dict[str, Any]:
             ],
             1,
         )
-    return answer
 
 
 def predict(
@@ -88,22 +86,22 @@ def predict(
     command += ["--size", str(size)] if size else []
     answer = run_predict(command)
     if json_output:
-        typer.echo(json.dumps(answer))
+        typer.echo(json.dumps(answer.to_json()))
         return
     from rich.markup import escape
     from rich.table import Table
 
-    out.print(f"[bold]{escape(str(answer['video']))}[/bold]", soft_wrap=True)
+    out.print(f"[bold]{escape(answer.video)}[/bold]", soft_wrap=True)
     table = Table()
     table.add_column("rank", justify="right")
     table.add_column("label")
     table.add_column("probability", justify="right")
-    for rank, entry in enumerate(answer["top"], 1):
-        table.add_row(str(rank), escape(str(entry["label"])), f"{100 * float(entry['score']):.2f}%")
+    for rank, entry in enumerate(answer.top, 1):
+        table.add_row(str(rank), escape(entry.label), f"{100 * entry.score:.2f}%")
     out.print(table)
-    seen = f"{answer['frames']} frames, {float(answer['seconds']):.1f} s"
+    seen = f"{answer.frames} frames, {answer.seconds:.1f} s"
     out.print(
-        f"averaged over {answer['windows']} windows of {answer['window_frames']} frames ({seen}); "
-        f"model {answer['arch']} from {escape(str(answer['model']))}",
+        f"averaged over {answer.windows} windows of {answer.window_frames} frames ({seen}); "
+        f"model {answer.arch} from {escape(answer.model)}",
         soft_wrap=True,
     )

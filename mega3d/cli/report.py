@@ -1,4 +1,4 @@
-"""`mega3d report`: the paper's tables and figures from finished runs; `mega3d.pipelines.study` does the
+"""`mega3d report`: the paper's tables and figures from finished runs; `mega3d.report.study` does the
 work."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def report(
     """Tables and figures of the paper from finished runs: table.md and table.csv (Table 2/3), accuracy vs
     depth, vs categories and vs instances (Fig. 1/3/4), best and worst classes per target (Fig. 5), and
     index.html showing them all. Missing results are gaps."""
-    from mega3d.pipelines import study
+    from mega3d.report import study
 
     roots = list(dict.fromkeys(reversed(run_roots)))[::-1]  # a root given twice counts where it is last
     problems = (

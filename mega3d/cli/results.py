@@ -2,37 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from rich.table import Table
 
 from mega3d.trainer import layout, storage
-from mega3d.trainer.spec import PRETRAIN, ExperimentSpec
+from mega3d.trainer.records import StageMetrics
+from mega3d.trainer.spec import Branch, ExperimentSpec
 
 
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def stage_rows(spec: ExperimentSpec, run_dir: str) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class StageRow:
+    branch: Branch
+    stage: str
+    trained: StageMetrics  # the stage's own metrics: how it trained
+    reported: StageMetrics  # what the run reports of it (layout.reported_metrics)
+
+
+def stage_rows(spec: ExperimentSpec, run_dir: str) -> list[StageRow]:
     """Every stage of every branch that has results (a branch that trained nothing has none)."""
     rows = []
     for branch in spec.branches():
         branch_dir = layout.branch_dir(run_dir, branch.name)
         for stage in spec.stage_names():
-            stage_dir = layout.stage_dir(branch_dir, stage)
-            source = stage_dir if stage == PRETRAIN else layout.evaluation_dir(branch_dir, stage)
-            uri = storage.join(source, layout.METRICS_FILE)
-            if storage.exists(uri):
-                trained = storage.read_json(storage.join(stage_dir, layout.METRICS_FILE))
-                rows.append(
-                    {
-                        "branch": branch,
-                        "stage": stage,
-                        "trained": trained,
-                        "metrics": storage.read_json(uri),
-                    }
-                )
+            reported = layout.reported_metrics(branch_dir, stage)
+            if storage.exists(reported):
+                trained = StageMetrics.read(layout.stage_metrics(branch_dir, stage))
+                rows.append(StageRow(branch, stage, trained, StageMetrics.read(reported)))
     return rows
 
 
@@ -53,19 +53,18 @@ def results_table(spec: ExperimentSpec, run_dir: str) -> Table:
     ):
         table.add_column(column, justify="left" if column in ("branch", "stage", "data") else "right")
     for row in stage_rows(spec, run_dir):
-        stage, trained, metrics = row["stage"], row["trained"], row["metrics"]
-        data = "+".join(spec.for_branch(row["branch"]).stage_datasets(stage))
-        n_classes = len(metrics["classes"])
+        metrics = row.reported
+        n_classes = len(metrics.classes)
         table.add_row(
-            *([row["branch"].name] if swept else []),
-            stage,
-            data,
+            *([row.branch.name] if swept else []),
+            row.stage,
+            "+".join(spec.for_branch(row.branch).stage_datasets(row.stage)),
             str(n_classes),
             _percent(1 / n_classes),
-            _percent(metrics["clip_accuracy"]),
-            _percent(metrics["video_top1"]),
-            _percent(metrics["video_top5"]),
-            str(trained["world_size"]),
-            f"{trained['seconds']:.0f}s",
+            _percent(metrics.clip_accuracy),
+            _percent(metrics.video_top1),
+            _percent(metrics.video_top5),
+            str(row.trained.world_size),
+            f"{row.trained.seconds:.0f}s",
         )
     return table

@@ -82,11 +82,10 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
             """Every target side by side (prepare, fine-tune, evaluate), then register the branch."""
             with dsl.ParallelFor(targets, name="targets") as stage:
                 target = step(
-                    prepare_target(spec_json=spec_json, stage=stage, branch=prepared.outputs["data"]),
+                    prepare_target(stage=stage, branch=prepared.outputs["data"]),
                     "prepare target",
                 )
                 tuned = finetune(
-                    spec_json=spec_json,
                     cluster_json=cluster_json,
                     stage=stage,
                     scheduler=scheduler,
@@ -95,7 +94,6 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
                 )
                 step(tuned, "finetune")
                 evaluated = evaluate(
-                    spec_json=spec_json,
                     cluster_json=cluster_json,
                     stage=stage,
                     scheduler=scheduler,
@@ -103,7 +101,7 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
                     model=tuned.outputs["model"],
                 )
                 step(evaluated, "evaluate")
-            step(register(spec_json=spec_json, branch=prepared.outputs["data"]), "register").after(evaluated)
+            step(register(branch=prepared.outputs["data"]), "register").after(evaluated)
 
         def train_branch(branch: Any) -> None:
             prepared = step(
@@ -119,7 +117,6 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
             if pretraining:
                 with dsl.If(action == PRETRAIN_THEN_FINETUNE, name="pretrain-then-finetune"):
                     pretrained = pretrain(
-                        spec_json=spec_json,
                         cluster_json=cluster_json,
                         scheduler=scheduler,
                         data=prepared.outputs["data"],

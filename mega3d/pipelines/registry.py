@@ -15,95 +15,96 @@ and the decision says why).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from mega3d.trainer import layout, storage
+from mega3d.trainer.records import ModelRecord, RecordError, RegistryDecision
 from mega3d.trainer.spec import ExperimentSpec
 
 CHAMPION_FILE = "champion.json"
 HISTORY_FILE = "history.json"
+_HISTORY = TypeAdapter(list[RegistryDecision])
 
 
 def record_uri(spec: ExperimentSpec, branch: str, fingerprint: str) -> str:
     return storage.join(layout.registry_dir(spec, branch), "models", f"{fingerprint}.json")
 
 
-def trained_on(spec: ExperimentSpec, branch: str, fingerprint: str) -> dict[str, Any] | None:
+def trained_on(spec: ExperimentSpec, branch: str, fingerprint: str) -> ModelRecord | None:
     """The record of a model of this branch trained on data with this fingerprint, if there is one."""
     uri = record_uri(spec, branch, fingerprint)
-    if not storage.exists(uri):
-        return None
-    record: dict[str, Any] = storage.read_json(uri)
-    return record
-
-
-def score(record: dict[str, Any]) -> float:
-    values = [target["score"] for target in record["targets"].values()]
-    return sum(values) / len(values)
-
-
-def evaluation_sets(record: dict[str, Any]) -> dict[str, str]:
-    return {name: target["evaluation_set"] for name, target in record["targets"].items()}
+    return ModelRecord.read(uri) if storage.exists(uri) else None
 
 
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
     reason: str
-    champion: dict[str, Any] | None  # before the decision
+    champion: ModelRecord | None  # before the decision
 
 
-def decide(challenger: dict[str, Any], champion: dict[str, Any] | None) -> Decision:
+def decide(challenger: ModelRecord, champion: ModelRecord | None) -> Decision:
     if champion is None:
         return Decision(True, "no champion yet", None)
-    if evaluation_sets(champion) != evaluation_sets(challenger):
+    if champion.evaluation_sets != challenger.evaluation_sets:
         return Decision(
             False, "evaluated on other sets than the champion (fingerprints differ): not comparable", champion
         )
-    new, old = score(challenger), score(champion)
+    new, old = challenger.score, champion.score
     if new > old:
         return Decision(True, f"score {new:.4f} beats the champion's {old:.4f}", champion)
     return Decision(False, f"score {new:.4f} does not beat the champion's {old:.4f}", champion)
 
 
-def register(spec: ExperimentSpec, branch: str, challenger: dict[str, Any], when: str) -> Decision:
+def read_history(uri: str) -> list[RegistryDecision]:
+    """Every decision so far, oldest first; none before the first."""
+    if not storage.exists(uri):
+        return []
+    try:
+        return _HISTORY.validate_python(storage.read_json(uri))
+    except ValidationError as error:
+        raise RecordError(
+            f"{uri}: not a list of registry decisions ({error.error_count()} problems)"
+        ) from None
+
+
+def register(spec: ExperimentSpec, branch: str, challenger: ModelRecord, when: str) -> Decision:
     """Store the challenger's record, promote it if it wins, and append the decision to the history."""
     root = layout.registry_dir(spec, branch)
-    storage.write_json(record_uri(spec, branch, challenger["fingerprint"]), challenger)
+    challenger.write(record_uri(spec, branch, challenger.fingerprint))
     champion_uri = storage.join(root, CHAMPION_FILE)
-    champion = storage.read_json(champion_uri) if storage.exists(champion_uri) else None
+    champion = ModelRecord.read(champion_uri) if storage.exists(champion_uri) else None
     decision = decide(challenger, champion)
     if decision.promoted:
-        storage.write_json(champion_uri, challenger)
+        challenger.write(champion_uri)
     history_uri = storage.join(root, HISTORY_FILE)
-    history = storage.read_json(history_uri) if storage.exists(history_uri) else []
-    history.append(
-        {
-            "time": when,
-            "run_id": challenger["run_id"],
-            "fingerprint": challenger["fingerprint"],
-            "score": score(challenger),
-            "promoted": decision.promoted,
-            "reason": decision.reason,
-            "previous_champion": None if champion is None else champion["run_id"],
-        }
+    entry = RegistryDecision(
+        time=when,
+        run_id=challenger.run_id,
+        fingerprint=challenger.fingerprint,
+        score=challenger.score,
+        promoted=decision.promoted,
+        reason=decision.reason,
+        previous_champion=None if champion is None else champion.run_id,
     )
-    storage.write_json(history_uri, history)
+    history = [*read_history(history_uri), entry]
+    storage.write_json(history_uri, [item.to_json() for item in history])
     return decision
 
 
-def decision_markdown(challenger: dict[str, Any], decision: Decision) -> str:
+def decision_markdown(challenger: ModelRecord, decision: Decision) -> str:
     """The registry's decision as the Kubeflow UI shows it."""
     lines = [
-        f"## {'Promoted to champion' if decision.promoted else 'Not promoted'}: {challenger['model']}",
+        f"## {'Promoted to champion' if decision.promoted else 'Not promoted'}: {challenger.model}",
         "",
-        f"{decision.reason}. Trained on data {challenger['fingerprint']} in run {challenger['run_id']}.",
+        f"{decision.reason}. Trained on data {challenger.fingerprint} in run {challenger.run_id}.",
         "",
         "| target | score (challenger) | score (champion before) |",
         "|---|---:|---:|",
     ]
-    before = decision.champion["targets"] if decision.champion else {}
-    for name, target in challenger["targets"].items():
-        old = before.get(name, {}).get("score")
-        lines.append(f"| {name} | {target['score']:.4f} | {'' if old is None else f'{old:.4f}'} |")
+    before = decision.champion.targets if decision.champion else {}
+    for name, target in challenger.targets.items():
+        old = before[name].score if name in before else None
+        lines.append(f"| {name} | {target.score:.4f} | {'' if old is None else f'{old:.4f}'} |")
     return "\n".join(lines) + "\n"

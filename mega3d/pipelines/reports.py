@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Any
 
-SHOWN_CLASSES = 20
+from mega3d.report.study import SHOWN_CLASSES
+from mega3d.trainer.records import EpochRecord
 
 
 def class_table(per_class: dict[str, float], what: str, shown: int = SHOWN_CLASSES) -> str:
@@ -22,20 +22,20 @@ def class_table(per_class: dict[str, float], what: str, shown: int = SHOWN_CLASS
     return "\n".join(lines)
 
 
-def curves_png(history: list[dict[str, Any]], title: str) -> bytes:
+def curves_png(history: list[EpochRecord], title: str) -> bytes:
     """Loss (training, validation) and training accuracy per epoch, side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    epochs = [record["epoch"] for record in history]
+    epochs = [record.epoch for record in history]
     figure, (losses, accuracy) = plt.subplots(1, 2, figsize=(10, 3.6))
-    losses.plot(epochs, [r["train_loss"] for r in history], label="training")
-    losses.plot(epochs, [r["val_loss"] for r in history], label="validation")
+    losses.plot(epochs, [r.train_loss for r in history], label="training")
+    losses.plot(epochs, [r.val_loss for r in history], label="validation")
     losses.set(xlabel="epoch", ylabel="loss", title="loss")
     losses.legend()
-    accuracy.plot(epochs, [100 * r["train_accuracy"] for r in history], label="training clips")
+    accuracy.plot(epochs, [100 * r.train_accuracy for r in history], label="training clips")
     accuracy.set(xlabel="epoch", ylabel="accuracy (%)", title="training accuracy", ylim=(0, 100))
     figure.suptitle(title)
     figure.tight_layout()
@@ -45,7 +45,7 @@ def curves_png(history: list[dict[str, Any]], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def curves_html(history: list[dict[str, Any]], title: str) -> str:
+def curves_html(history: list[EpochRecord], title: str) -> str:
     encoded = base64.b64encode(curves_png(history, title)).decode()
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"

@@ -5,6 +5,8 @@ body only imports and delegates to `mega3d.pipelines.tasks`. (No `from __future_
 KFP reads the artifact annotations at definition time.) `mega3d.pipelines.pipeline` wraps these functions into
 components with the spec's image.
 
+Only the first two steps read the spec: `prepare_branch` expands the branch once and keeps the spec as the
+branch trains it in the branch's directory, which the steps after it read (the `data` artifact says where).
 Inside the fine-tune loop, steps learn their branch from artifacts, never from an outer loop's item or an
 upstream step's output parameter: kfp.local (2.17) hands such parameters the inner loop's item instead.
 """
@@ -29,7 +31,6 @@ def prepare_branch(
 
 
 def pretrain(
-    spec_json: str,
     cluster_json: str,
     scheduler: str,
     data: Input[Dataset],
@@ -39,18 +40,17 @@ def pretrain(
     """Pretrain on the merged datasets with TorchX DDP."""
     from mega3d.pipelines import tasks
 
-    tasks.train(spec_json, cluster_json, "pretrain", scheduler, data, None, model, metrics)
+    tasks.train(cluster_json, "pretrain", scheduler, data, None, model, metrics)
 
 
-def prepare_target(spec_json: str, stage: str, branch: Input[Dataset], data: Output[Dataset]) -> None:
+def prepare_target(stage: str, branch: Input[Dataset], data: Output[Dataset]) -> None:
     """Check a fine-tune target's dataset."""
     from mega3d.pipelines import tasks
 
-    tasks.prepare_target(spec_json, stage, branch, data)
+    tasks.prepare_target(stage, branch, data)
 
 
 def finetune(
-    spec_json: str,
     cluster_json: str,
     stage: str,
     scheduler: str,
@@ -62,11 +62,10 @@ def finetune(
     """Fine-tune a trained model on the stage's target dataset with TorchX DDP."""
     from mega3d.pipelines import tasks
 
-    tasks.train(spec_json, cluster_json, stage, scheduler, data, init, model, metrics)
+    tasks.train(cluster_json, stage, scheduler, data, init, model, metrics)
 
 
 def evaluate(
-    spec_json: str,
     cluster_json: str,
     stage: str,
     scheduler: str,
@@ -80,16 +79,14 @@ def evaluate(
     """Clip accuracy, video top-1/top-5 and per-class results of a fine-tuned model."""
     from mega3d.pipelines import tasks
 
-    tasks.evaluate(
-        spec_json, cluster_json, stage, scheduler, data, model, metrics, confusion, classes, curves
-    )
+    tasks.evaluate(cluster_json, stage, scheduler, data, model, metrics, confusion, classes, curves)
 
 
-def register(spec_json: str, branch: Input[Dataset], decision: Output[Markdown]) -> None:
+def register(branch: Input[Dataset], decision: Output[Markdown]) -> None:
     """Record the model in the registry; promote it to champion if it beats the current one."""
     from mega3d.pipelines import tasks
 
-    tasks.register(spec_json, branch, decision)
+    tasks.register(branch, decision)
 
 
 def skip(branch: Input[Dataset]) -> None:

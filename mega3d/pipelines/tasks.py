@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mega3d.components.train import trainer
 from mega3d.pipelines import registry, reports
@@ -28,20 +28,16 @@ from mega3d.pipelines.settings import Deployment
 from mega3d.trainer import layout, storage
 from mega3d.trainer.data.format import DatasetError, DatasetIndex, index_uri, load_index, merge, save_index
 from mega3d.trainer.data.ops import subset
-from mega3d.trainer.spec import PRETRAIN, Branch, ExperimentSpec, is_checkpoint_uri, spec_from_json
-
-TRAINED_METRICS = (
-    "clip_accuracy",
-    "video_top1",
-    "video_top5",
-    "mean_class_accuracy",  # single-label datasets
-    "mAP",  # multi-label datasets
-    "n_videos",
-    "n_clips",
-    "world_size",
-    "seconds",
-    "unreadable",  # clips that could not be decoded, skipped (training and evaluation)
+from mega3d.trainer.records import (
+    BranchPointer,
+    ModelPointer,
+    ModelRecord,
+    Record,
+    RunPointer,
+    StageMetrics,
+    TargetResult,
 )
+from mega3d.trainer.spec import PRETRAIN, ExperimentSpec, FinetuneSpec, is_checkpoint_uri, spec_from_json
 
 
 class ArtifactLike(Protocol):
@@ -53,10 +49,18 @@ class MetricsLike(Protocol):
     def log_metric(self, metric: str, value: float) -> None: ...
 
 
-def _write_pointer(artifact: ArtifactLike, **metadata: Any) -> None:
+Pointer = TypeVar("Pointer", bound=Record)
+
+
+def _write_pointer(artifact: ArtifactLike, pointer: Record) -> None:
+    metadata = pointer.to_json()
     artifact.metadata.update(metadata)
     with open(artifact.path, "w") as out:
         json.dump(metadata, out, indent=1, sort_keys=True)
+
+
+def _read_pointer(kind: type[Pointer], artifact: ArtifactLike) -> Pointer:
+    return kind.parse(artifact.metadata, f"the metadata of artifact {artifact.path}")
 
 
 def ensure_dataset(spec: ExperimentSpec, name: str) -> str:
@@ -86,18 +90,19 @@ def prepare_run(spec_json: str, run_id: str, run: ArtifactLike) -> None:
     branches = [branch.name for branch in spec.branches()]
     if branches != [""]:
         print(f"sweep: {len(branches)} branches: {', '.join(branches)}", flush=True)
-    _write_pointer(run, run_dir=run_dir, run_id=run_id, datasets=sorted(used))
+    _write_pointer(run, RunPointer(run_dir=run_dir, run_id=run_id, datasets=sorted(used)))
 
 
-def branch_spec(spec_json: str, name: str) -> tuple[ExperimentSpec, Branch]:
-    """The spec as branch `name` trains it, and the branch."""
-    spec = spec_from_json(spec_json)
-    branch = next(branch for branch in spec.branches() if branch.name == name)
-    return spec.for_branch(branch), branch
+def branch_spec(branch: BranchPointer) -> ExperimentSpec:
+    """The spec as the branch trains it, as its `prepare data` step expanded it."""
+    uri = storage.join(branch.branch_dir, layout.SPEC_FILE)
+    return spec_from_json(storage.read_bytes(uri).decode(), uri)
 
 
-def _describe(stage: str, names: list[str], index: DatasetIndex, split: str) -> dict[str, Any]:
-    """Check that the stage's data has what training and evaluation need; say what it is."""
+def _described(
+    pointer: BranchPointer, stage: str, names: list[str], index: DatasetIndex, split: str
+) -> BranchPointer:
+    """Check that the stage's data has what training and evaluation need; the pointer, saying what it is."""
     for needed in ("training", split):
         if not len(index.rows(needed)):  # found before any training, not after the last epoch
             raise DatasetError(f"{stage}: {'+'.join(names)} has no {needed} videos")
@@ -106,60 +111,69 @@ def _describe(stage: str, names: list[str], index: DatasetIndex, split: str) -> 
         f"{len(index.rows('validation'))} validation videos from {'+'.join(names)}",
         flush=True,
     )
-    return {
-        "datasets": names,
-        "classes": len(index.classes),
-        "videos": len(index),
-        "fingerprint": index.fingerprint,
-    }
+    return pointer.model_copy(
+        update={
+            "datasets": names,
+            "classes": len(index.classes),
+            "videos": len(index),
+            "fingerprint": index.fingerprint,
+        }
+    )
 
 
 def prepare_branch(
     spec_json: str, name: str, skip_if_trained: bool, run: ArtifactLike, data: ArtifactLike
 ) -> str:
-    """A branch's pretraining data: the merge of its datasets (and its subset), as an index that points at
-    the datasets' shards (no video is copied). Returns SKIP when `skip_if_trained` and the registry holds
-    a model of this branch trained on data with the same fingerprint, else what the branch trains:
+    """The branch's spec, expanded from the sweep once and kept in its directory for the steps after this
+    one; its pretraining data: the merge of its datasets (and its subset), as an index that points at the
+    datasets' shards (no video is copied). Returns SKIP when `skip_if_trained` and the registry holds a
+    model of this branch trained on data with the same fingerprint, else what the branch trains:
     PRETRAIN_THEN_FINETUNE, or FINETUNE_ONLY for a branch without pretraining."""
-    spec, branch = branch_spec(spec_json, name)
-    run_dir = run.metadata["run_dir"]
-    branch_dir = layout.branch_dir(run_dir, branch.name)
+    experiment = spec_from_json(spec_json)
+    branch = next(branch for branch in experiment.branches() if branch.name == name)
+    spec = experiment.for_branch(branch)
+    where = _read_pointer(RunPointer, run)
+    branch_dir = layout.branch_dir(where.run_dir, branch.name)
     storage.write_bytes(
         storage.join(branch_dir, layout.SPEC_FILE), spec.model_dump_json(exclude_none=True).encode()
     )
-    metadata: dict[str, Any] = {
-        "run_dir": run_dir,
-        "run_id": run.metadata["run_id"],
-        "branch": branch.name,
-        "branch_dir": branch_dir,
-    }
+    pointer = BranchPointer(
+        run_dir=where.run_dir, run_id=where.run_id, branch=branch.name, branch_dir=branch_dir
+    )
     if spec.pretrain is None:
-        _write_pointer(data, **metadata)
+        _write_pointer(data, pointer)
         return FINETUNE_ONLY
     names = list(branch.pretrain_datasets)
     index = merge([(name, load_index(index_uri(spec.dataset_uri(name)))) for name in names])
     if branch.subset:
         index = subset(index, branch.category_fraction, branch.instance_fraction, spec.pretrain.seed)
-    uri = layout.merged_index(branch_dir, PRETRAIN)
+    uri = index_uri(layout.merged_dataset(branch_dir, PRETRAIN))
     save_index(uri, index)
-    metadata.update(index=uri, **_describe(PRETRAIN, names, index, spec.evaluation.split))
+    pointer = _described(
+        pointer.model_copy(update={"index": uri}), PRETRAIN, names, index, spec.evaluation.split
+    )
     previous = registry.trained_on(spec, branch.name, index.fingerprint)
     if previous is not None and skip_if_trained:
-        metadata["trained_by"] = previous["run_id"]
-        _write_pointer(data, **metadata)
+        _write_pointer(data, pointer.model_copy(update={"trained_by": previous.run_id}))
         return SKIP
-    _write_pointer(data, **metadata)
+    _write_pointer(data, pointer)
     return PRETRAIN_THEN_FINETUNE
 
 
-def prepare_target(spec_json: str, stage: str, branch: ArtifactLike, data: ArtifactLike) -> None:
+def prepare_target(stage: str, branch: ArtifactLike, data: ArtifactLike) -> None:
     """A fine-tune target's dataset (it exists: `prepare_run` made sure)."""
-    spec, _ = branch_spec(spec_json, branch.metadata["branch"])
+    prepared = _read_pointer(BranchPointer, branch)
+    spec = branch_spec(prepared)
     name = spec.stage_datasets(stage)[0]
     uri = index_uri(spec.dataset_uri(name))
-    description = _describe(stage, [name], load_index(uri), spec.evaluation.split)
-    location = {key: branch.metadata[key] for key in ("run_dir", "run_id", "branch", "branch_dir")}
-    _write_pointer(data, **location, index=uri, **description)
+    pointer = BranchPointer(
+        run_dir=prepared.run_dir,
+        run_id=prepared.run_id,
+        branch=prepared.branch,
+        branch_dir=prepared.branch_dir,
+        index=uri,
+    )
+    _write_pointer(data, _described(pointer, stage, [name], load_index(uri), spec.evaluation.split))
 
 
 def _run_trainer(
@@ -167,20 +181,22 @@ def _run_trainer(
     command: str,
     stage: str,
     scheduler: str,
-    data: ArtifactLike,
+    data: BranchPointer,
     out: str,
     checkpoint: str | None,
     deployment: Deployment,
-) -> dict[str, Any]:
-    """Run `python -m mega3d.trainer COMMAND` for a stage as a TorchX DDP app; return the metrics it wrote."""
+) -> None:
+    """Run `python -m mega3d.trainer COMMAND` for a stage as a TorchX DDP app; it writes its metrics to
+    `out`."""
+    assert data.index is not None  # a training stage's data: prepare_branch or prepare_target set it
     args = [
         command,
         "--spec",
-        storage.join(data.metadata["branch_dir"], layout.SPEC_FILE),
+        storage.join(data.branch_dir, layout.SPEC_FILE),
         "--stage",
         stage,
         "--data-index",
-        data.metadata["index"],
+        data.index,
         "--out",
         out,
     ]
@@ -208,26 +224,34 @@ def _run_trainer(
     local_logs = scheduler == LOCAL_SCHEDULER and "://" not in out
     log_dir = storage.join(out, "logs") if local_logs else None
     launch(app, scheduler, scheduler_cfg(scheduler, deployment, log_dir))
-    return _metrics_in(out)
-
-
-def _metrics_in(directory: str) -> dict[str, Any]:
-    metrics: dict[str, Any] = storage.read_json(storage.join(directory, layout.METRICS_FILE))
-    return metrics
 
 
 def _digest(values: list[str]) -> str:
     return hashlib.sha256(json.dumps(sorted(values)).encode()).hexdigest()[:32]
 
 
-def _log_metrics(metrics: MetricsLike, result: dict[str, Any]) -> None:
-    for key in TRAINED_METRICS:
-        if key in result:
-            metrics.log_metric(key, float(result[key]))
+def _log_metrics(metrics: MetricsLike, result: StageMetrics) -> None:
+    """What the Kubeflow UI lists of a stage: its scores (mean class accuracy for single-label data, mAP
+    for multi-label), how much it scored, on how many processes, how long, and the clips that could not
+    be decoded (skipped, in training and evaluation)."""
+    logged = {
+        "clip_accuracy": result.clip_accuracy,
+        "video_top1": result.video_top1,
+        "video_top5": result.video_top5,
+        "mean_class_accuracy": result.mean_class_accuracy,
+        "mAP": result.mAP,
+        "n_videos": result.n_videos,
+        "n_clips": result.n_clips,
+        "world_size": result.world_size,
+        "seconds": result.seconds,
+        "unreadable": result.unreadable,
+    }
+    for name, value in logged.items():
+        if value is not None:
+            metrics.log_metric(name, float(value))
 
 
 def train(
-    spec_json: str,
     cluster_json: str,
     stage: str,
     scheduler: str,
@@ -237,24 +261,26 @@ def train(
     metrics: MetricsLike,
 ) -> None:
     """Launch the stage's DDP training job and wait for it; record its checkpoint and metrics."""
-    spec, _ = branch_spec(spec_json, data.metadata["branch"])
-    out = layout.stage_dir(data.metadata["branch_dir"], stage)
-    init_from = spec.stage(stage).init_from if stage != PRETRAIN else None  # type: ignore[union-attr]
-    if init_from is not None and is_checkpoint_uri(init_from):
-        checkpoint: str | None = spec.under_storage(init_from)  # as the spec says now, if edited at run time
+    prepared = _read_pointer(BranchPointer, data)
+    spec = branch_spec(prepared)
+    stage_spec = spec.stage(stage)
+    if isinstance(stage_spec, FinetuneSpec) and is_checkpoint_uri(stage_spec.init_from):
+        checkpoint: str | None = spec.under_storage(stage_spec.init_from)
     else:
-        checkpoint = init.metadata["checkpoint"] if init is not None else None
+        checkpoint = _read_pointer(ModelPointer, init).checkpoint if init is not None else None
     deployment = Deployment.model_validate_json(cluster_json)
-    result = _run_trainer(spec, "train", stage, scheduler, data, out, checkpoint, deployment)
-    _write_pointer(
-        model,
-        run_dir=data.metadata["run_dir"],
-        branch=data.metadata["branch"],
-        checkpoint=result["checkpoint"],
-        arch=spec.model.name,
-        classes=len(result["classes"]),
+    out = layout.stage_dir(prepared.branch_dir, stage)
+    _run_trainer(spec, "train", stage, scheduler, prepared, out, checkpoint, deployment)
+    result = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
+    pointer = ModelPointer(
+        run_dir=prepared.run_dir,
+        branch=prepared.branch,
         stage=stage,
+        checkpoint=result.checkpoint,
+        arch=spec.model.name,
+        classes=len(result.classes),
     )
+    _write_pointer(model, pointer)
     _log_metrics(metrics, result)
 
 
@@ -263,7 +289,6 @@ class ConfusionLike(Protocol):
 
 
 def evaluate(
-    spec_json: str,
     cluster_json: str,
     stage: str,
     scheduler: str,
@@ -276,55 +301,54 @@ def evaluate(
 ) -> None:
     """Evaluate a trained stage on the evaluation split; what the Kubeflow UI shows of it: the metrics, a
     confusion matrix (when there are few enough classes), the best and worst classes, the training curves."""
-    spec, _ = branch_spec(spec_json, data.metadata["branch"])
-    out = layout.evaluation_dir(data.metadata["branch_dir"], stage)
+    prepared = _read_pointer(BranchPointer, data)
+    spec = branch_spec(prepared)
     deployment = Deployment.model_validate_json(cluster_json)
-    checkpoint = model.metadata["checkpoint"]
-    result = _run_trainer(spec, "evaluate", stage, scheduler, data, out, checkpoint, deployment)
+    checkpoint = _read_pointer(ModelPointer, model).checkpoint
+    out = layout.evaluation_dir(prepared.branch_dir, stage)
+    _run_trainer(spec, "evaluate", stage, scheduler, prepared, out, checkpoint, deployment)
+    result = StageMetrics.read(layout.evaluation_metrics(prepared.branch_dir, stage))
     _log_metrics(metrics, result)
-    if "confusion" in result:
-        confusion.log_confusion_matrix(result["classes"], result["confusion"])
-    per_class, what = (
-        (result["per_class_ap"], "average precision")
-        if "per_class_ap" in result
-        else (result["per_class_accuracy"], "video top-1 accuracy")
-    )
+    if result.confusion is not None:
+        confusion.log_confusion_matrix(result.classes, result.confusion)
+    what = result.per_class_measure
     with open(classes.path, "w") as table:
-        table.write(f"## {stage}: classes by {what}\n\n{reports.class_table(per_class, what)}")
-    trained = _metrics_in(layout.stage_dir(data.metadata["branch_dir"], stage))
+        table.write(f"## {stage}: classes by {what}\n\n{reports.class_table(result.per_class, what)}")
+    trained = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
     with open(curves.path, "w") as page:
-        page.write(reports.curves_html(trained["history"], f"{spec.name} {stage}: training"))
+        page.write(reports.curves_html(trained.history, f"{spec.name} {stage}: training"))
 
 
-def register(spec_json: str, branch: ArtifactLike, report: ArtifactLike) -> None:
+def register(branch: ArtifactLike, report: ArtifactLike) -> None:
     """Record the branch's trained model in the registry and promote it to champion if it beats the
     current one on the same evaluation sets."""
-    spec, _ = branch_spec(spec_json, branch.metadata["branch"])
-    branch_dir = branch.metadata["branch_dir"]
+    prepared = _read_pointer(BranchPointer, branch)
+    spec = branch_spec(prepared)
     targets = {}
     for stage in spec.finetune:
-        evaluation = _metrics_in(layout.evaluation_dir(branch_dir, stage.name))
+        evaluation = StageMetrics.read(layout.evaluation_metrics(prepared.branch_dir, stage.name))
         evaluated_on = load_index(index_uri(spec.dataset_uri(stage.dataset))).fingerprint
-        targets[stage.name] = {
-            "evaluation_set": f"{evaluated_on}:{spec.evaluation.split}",
-            "score": evaluation["mAP"] if "mAP" in evaluation else evaluation["video_top1"],
-            "checkpoint": evaluation["checkpoint"],
-            **{key: evaluation[key] for key in ("clip_accuracy", "video_top1", "video_top5")},
-        }
+        targets[stage.name] = TargetResult(
+            evaluation_set=f"{evaluated_on}:{spec.evaluation.split}",
+            score=evaluation.headline,
+            checkpoint=evaluation.checkpoint,
+            clip_accuracy=evaluation.clip_accuracy,
+            video_top1=evaluation.video_top1,
+            video_top5=evaluation.video_top5,
+        )
     # Without pretraining, the model is what the targets' data made of the starting checkpoints.
-    targets_digest = _digest([target["evaluation_set"] for target in targets.values()])
-    fingerprint = branch.metadata.get("fingerprint") or targets_digest
-    pretrained = layout.stage_dir(branch_dir, PRETRAIN) if spec.pretrain else None
-    challenger = {
-        "run_id": branch.metadata["run_id"],
-        "branch": branch.metadata["branch"],
-        "fingerprint": fingerprint,
-        "model": spec.model.name,
-        "pretrain_checkpoint": pretrained and storage.join(pretrained, layout.CHECKPOINT_FILE),
-        "targets": targets,
-    }
+    fingerprint = prepared.fingerprint or _digest([target.evaluation_set for target in targets.values()])
+    pretrained = layout.stage_dir(prepared.branch_dir, PRETRAIN) if spec.pretrain else None
+    challenger = ModelRecord(
+        run_id=prepared.run_id,
+        branch=prepared.branch,
+        fingerprint=fingerprint,
+        model=spec.model.name,
+        pretrain_checkpoint=pretrained and storage.join(pretrained, layout.CHECKPOINT_FILE),
+        targets=targets,
+    )
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    decision = registry.register(spec, branch.metadata["branch"], challenger, now)
+    decision = registry.register(spec, prepared.branch, challenger, now)
     verdict = "promoted to champion" if decision.promoted else "not promoted"
     print(f"registered {spec.model.name} trained on {fingerprint}: {verdict} ({decision.reason})", flush=True)
     with open(report.path, "w") as page:
@@ -333,9 +357,9 @@ def register(spec_json: str, branch: ArtifactLike, report: ArtifactLike) -> None
 
 def skip(branch: ArtifactLike) -> None:
     """Says why a branch trains nothing."""
-    name = branch.metadata["branch"] or "the experiment"
+    prepared = _read_pointer(BranchPointer, branch)
     print(
-        f"{name}: the registry already holds a model trained on data {branch.metadata['fingerprint']} "
-        f"(run {branch.metadata['trained_by']}): nothing to train",
+        f"{prepared.branch or 'the experiment'}: the registry already holds a model trained on data "
+        f"{prepared.fingerprint} (run {prepared.trained_by}): nothing to train",
         flush=True,
     )

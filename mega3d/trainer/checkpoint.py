@@ -1,6 +1,10 @@
-"""Training checkpoints in the reference layout ({"epoch", "arch", "state_dict", "optimizer", "scheduler"})
-plus mega3d's own fields ("format", "n_classes", "classes", "model_options", "clip", "history", "rng"),
-stored through the storage facade and read back as tensors only.
+"""Checkpoints: their typed header, how they are stored, and the training state they save and restore.
+
+A checkpoint is one mapping, in the reference layout ({"epoch", "arch", "state_dict", "optimizer",
+"scheduler"}) plus mega3d's own fields. Its plain fields are the `CheckpointHeader` ("format", "epoch",
+"step", "arch", "model_options", "n_classes", "classes", "clip", "history", "source"); the rest are tensors
+and torch states ("state_dict", "optimizer", "scheduler", and "rng" in epoch checkpoints). Files are stored
+through the storage facade and read back as tensors and containers only.
 
 While a stage trains, `<stage>/checkpoints/` holds its last few epochs and a pointer to the newest:
 
@@ -14,49 +18,131 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import posixpath
+import random
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field, ValidationError, field_validator
+from torch import nn
+from torch.optim import Optimizer
 
 from mega3d.trainer import storage
-from mega3d.trainer.models.weights import parse_state, read_state
+from mega3d.trainer.distributed import Rank, gather
+from mega3d.trainer.model_catalog import canonical_name
+from mega3d.trainer.models.weights import WeightsError, parse_state, read_state
+from mega3d.trainer.records import ClipShape, EpochRecord, Record
+from mega3d.trainer.schedule import LRSchedule
+from mega3d.trainer.spec import validation_problems
 
 FORMAT = "mega3d-checkpoint/1"
-
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
 EPOCH_FILE = re.compile(r"epoch-\d{5,}\.pt")
 
+# What is wrong with a header field that a reader names on its own, in this order of precedence.
+FIELD_RULES = {
+    "classes": "'classes' must be a list of class names",
+    "model_options": "'model_options' must be a mapping",
+    "clip": "the checkpoint's 'clip' must be {frames, size, mean, std}",
+}
 
-def _serialized(state: dict[str, Any]) -> bytes:
+
+class ImportedFrom(Record):
+    """The file a checkpoint was converted from (`python -m mega3d.trainer.convert`)."""
+
+    uri: str
+    arch: str | None = None  # as that file names it, e.g. resnet2p1d-18
+    n_classes: int
+
+
+class CheckpointHeader(Record):
+    """The plain fields of a checkpoint. A reference .pth has `epoch` and `arch` only, a bare state_dict
+    none of them; mega3d's files have `format` and the fields of the model and of the stage that trained it.
+    """
+
+    format: str | None = None  # FORMAT in mega3d's files
+    epoch: int = 0  # epochs trained
+    step: int = 0  # optimizer updates
+    arch: str | None = None  # a mega3d model name or a reference alias
+    model_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of `build_model`
+    n_classes: int | None = None
+    classes: list[str] | None = None  # None in reference and imported files: a head without class names
+    clip: ClipShape | None = None  # how the model saw clips in training
+    history: list[EpochRecord] = Field(default_factory=list)
+    source: ImportedFrom | None = None
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _history_from_text(cls, value: Any) -> Any:
+        # The file keeps the history as JSON text, as mega3d's files have always stored it.
+        return json.loads(value) if isinstance(value, str) else value
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any], where: str) -> CheckpointHeader:
+        """The header of a loaded checkpoint; WeightsError (one line naming `where`) when a field is not
+        what it should be."""
+        plain = {key: value for key, value in state.items() if key in cls.model_fields}
+        try:
+            return cls.model_validate(plain)
+        except ValidationError as error:
+            problems = validation_problems(error)
+        fields = {problem.path.partition(".")[0].partition("[")[0] for problem in problems}
+        named = [rule for field, rule in FIELD_RULES.items() if field in fields]
+        reason = named[0] if named else "; ".join(f"{p.path}: {p.message}" for p in problems)
+        raise WeightsError(f"{where}: {reason}")
+
+    @property
+    def model_name(self) -> str | None:
+        """The mega3d name of the architecture; None where the file does not say."""
+        return canonical_name(self.arch) if self.arch else None
+
+    def fields(self) -> dict[str, Any]:
+        """The header as mega3d writes it into a checkpoint."""
+        history = json.dumps([record.to_json() for record in self.history])
+        return {**self.to_json(), "format": FORMAT, "history": history}
+
+
+def _serialized(header: CheckpointHeader, tensors: Mapping[str, Any]) -> bytes:
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buffer)
+    torch.save({**header.fields(), **tensors}, buffer)
     return buffer.getvalue()
 
 
-def save_checkpoint(uri: str, state: dict[str, Any]) -> None:
-    storage.write_bytes(uri, _serialized(state))
+def save_checkpoint(uri: str, header: CheckpointHeader, tensors: Mapping[str, Any]) -> None:
+    storage.write_bytes(uri, _serialized(header, tensors))
+
+
+class LatestEpoch(Record):
+    """`checkpoints/latest.json`: the newest verified epoch file, as a restarted job finds it."""
+
+    epoch: int
+    file: str  # its name in the checkpoints directory
+    sha256: str  # of its bytes, as written and read back
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that did not store as written, or that no longer matches its pointer."""
 
 
-def save_epoch(stage_dir: str, epoch: int, state: dict[str, Any], keep: int) -> str:
-    """Write an epoch's checkpoint, verify it, move the `latest` pointer to it, then delete all but the
-    newest `keep` epoch files, and the partial files of an earlier, killed attempt. Returns the file's URI."""
+def save_epoch(stage_dir: str, header: CheckpointHeader, tensors: Mapping[str, Any], keep: int) -> str:
+    """Write the checkpoint of epoch `header.epoch`, verify it, move the `latest` pointer to it, then delete
+    all but the newest `keep` epoch files, and the partial files of an earlier, killed attempt. Returns the
+    file's URI."""
     directory = storage.join(stage_dir, CHECKPOINTS_DIR)
+    epoch = header.epoch
     name = f"epoch-{epoch:05d}.pt"  # matches EPOCH_FILE
-    data = _serialized(state)
+    data = _serialized(header, tensors)
     digest = hashlib.sha256(data).hexdigest()
     uri = storage.join(directory, name)
     storage.write_bytes(uri, data)
     if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
         raise CheckpointError(f"{uri}: what was read back differs from what was written")
-    storage.write_json(storage.join(directory, LATEST_FILE), {"epoch": epoch, "file": name, "sha256": digest})
+    LatestEpoch(epoch=epoch, file=name, sha256=digest).write(storage.join(directory, LATEST_FILE))
     names = {posixpath.basename(path): path for path in storage.list_dir(directory)}
     epochs = sorted(path for name, path in names.items() if EPOCH_FILE.fullmatch(name))
     # What else is named like an epoch file is what a writer killed mid-write left beside it.
@@ -72,13 +158,79 @@ def load_latest(stage_dir: str) -> dict[str, Any] | None:
     pointer_uri = storage.join(directory, LATEST_FILE)
     if not storage.exists(pointer_uri):
         return None
-    pointer = storage.read_json(pointer_uri)
-    uri = storage.join(directory, pointer["file"])
+    pointer = LatestEpoch.read(pointer_uri)
+    uri = storage.join(directory, pointer.file)
     data = storage.read_bytes(uri)
-    if hashlib.sha256(data).hexdigest() != pointer["sha256"]:
+    if hashlib.sha256(data).hexdigest() != pointer.sha256:
         raise CheckpointError(f"{uri}: its bytes do not match {pointer_uri}")
     return parse_state(data, uri)
 
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
     return read_state(uri)
+
+
+class TrainingState:
+    """What a stage's checkpoints save and a restarted stage restores: the model's weights, the optimizer,
+    the LR schedule, the epochs and optimizer steps done, the history, and every rank's random state.
+
+    `model_header` says what the checkpoint says of the model (arch, options, classes, clip)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Optimizer,
+        schedule: LRSchedule,
+        model_header: CheckpointHeader,
+        rank: Rank,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.model_header = model_header
+        self.rank = rank
+        self.epoch = 0  # epochs done
+        self.step = 0  # optimizer updates done
+        self.history: list[EpochRecord] = []
+
+    def header(self) -> CheckpointHeader:
+        return self.model_header.model_copy(
+            update={"epoch": self.epoch, "step": self.step, "history": list(self.history)}
+        )
+
+    def tensors(self) -> dict[str, Any]:
+        return {
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+        }
+
+    def save_epoch(self, stage_dir: str, keep: int) -> None:
+        """A verified epoch checkpoint with every rank's random state (a collective: all ranks call it)."""
+        rng = gather((random.getstate(), torch.get_rng_state()))
+        if self.rank.is_main:
+            save_epoch(stage_dir, self.header(), {**self.tensors(), "rng": rng}, keep)
+
+    def save(self, uri: str) -> None:
+        """The trained model, which later stages and evaluation start from (written by rank 0)."""
+        if self.rank.is_main:
+            save_checkpoint(uri, self.header(), self.tensors())
+
+    def restore(self, stage_dir: str) -> bool:
+        """Continue after the newest epoch checkpoint of `stage_dir`, if there is one, as if the stage had
+        not stopped: weights, optimizer, schedule, counters, history, and each rank's random state (so that
+        the next epoch samples the clips and augmentations it would have)."""
+        state = load_latest(stage_dir)
+        if state is None:
+            return False
+        header = CheckpointHeader.of(state, storage.join(stage_dir, CHECKPOINTS_DIR))
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.history = header.epoch, header.step, list(header.history)
+        rng = state["rng"]
+        if len(rng) == self.rank.world_size:  # the same world: each rank continues its own sequence
+            python_state, torch_state = rng[self.rank.rank]
+            random.setstate(python_state)
+            torch.set_rng_state(torch_state)
+        return True

@@ -10,7 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from mega3d.trainer.data.format import DatasetIndex
 
 
 class RankShare(Sampler[int]):
@@ -107,3 +111,67 @@ def top_predictions(video_probs: np.ndarray, classes: list[str], top: int = 5) -
         [{"label": classes[c], "score": float(probs[c])} for c in order]
         for probs, order in zip(video_probs, ranked, strict=True)
     ]
+
+
+def top1_hits(scores: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> int:
+    """Clips whose top class is their label (multi-label: one of their labels)."""
+    top = scores.argmax(1)
+    if multi_label:
+        return int(labels.gather(1, top[:, None]).sum())
+    return int((top == labels).sum())
+
+
+class VideoScores:
+    """The scores of one split's windows, added up per video: class probability sums and window counts,
+    and the windows whose own top class was right. Memory grows with videos x classes, not with windows.
+
+    Each rank adds the windows it scored; `reduce` adds up the ranks' sums (a collective)."""
+
+    def __init__(self, index: DatasetIndex, rows: np.ndarray) -> None:
+        self.index = index
+        self.rows = rows  # the index rows of the split's videos, by video number
+        self.sums = torch.zeros(len(rows), len(index.classes), dtype=torch.float64)
+        self.counts = torch.zeros(len(rows), dtype=torch.float64)
+        self.correct = torch.zeros(1, dtype=torch.float64)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, videos: torch.Tensor) -> None:
+        """Windows' logits, their labels and the numbers of the videos they are cut from."""
+        multi_label = self.index.multi_label
+        probabilities = torch.sigmoid(logits.float()) if multi_label else torch.softmax(logits.float(), dim=1)
+        probabilities = probabilities.double().cpu()
+        self.sums.index_add_(0, videos, probabilities)
+        self.counts.index_add_(0, videos, torch.ones(len(videos), dtype=torch.float64))
+        self.correct += top1_hits(probabilities, labels, multi_label)
+
+    def reduce(self) -> None:
+        for total in (self.sums, self.counts, self.correct):
+            dist.all_reduce(total)
+
+    def _read(self) -> np.ndarray:
+        """Which videos had a window decoded: a video none of whose windows could be is left out."""
+        read: np.ndarray = self.counts.numpy() > 0
+        return read
+
+    def summary(self) -> dict[str, Any]:
+        """The metrics of the videos read (see `summarize`, `summarize_multi_label`), per-class values by
+        class name (classes without videos left out)."""
+        read = self._read()
+        rows, sums, counts = self.rows[read], self.sums.numpy()[read], self.counts.numpy()[read]
+        correct = int(self.correct.item())
+        if self.index.multi_label:
+            metrics = summarize_multi_label(sums, counts, correct, self.index.multi_hot(rows))
+            per_class_key = "per_class_ap"
+        else:
+            metrics = summarize(sums, counts, correct, self.index.single_labels()[rows])
+            per_class_key = "per_class_accuracy"
+        per_class = zip(self.index.classes, metrics[per_class_key], strict=True)
+        metrics[per_class_key] = {name: value for name, value in per_class if value is not None}
+        return metrics
+
+    def results(self) -> dict[str, Any]:
+        """The reference implementation's results JSON: each video read, with its top-5 classes."""
+        read = self._read()
+        ids = [video_id.decode() for video_id in self.index.columns["id"][self.rows[read]].tolist()]
+        video_probs = self.sums.numpy()[read] / self.counts.numpy()[read][:, None]
+        predictions = top_predictions(video_probs, self.index.classes)
+        return {"results": dict(zip(ids, predictions, strict=True))}

@@ -2,7 +2,7 @@
 
 <storage>/experiments/<name>/runs/<run_id>/spec.json             the spec as submitted
                                           <branch>/spec.json       the spec as the branch trains it
-                                          <branch>/data/<stage>/index.npz   pretraining merge (and subset)
+                                          <branch>/data/<stage>/   pretraining merge (and subset): an index
                                           <branch>/<stage>/checkpoint.pt    one directory per stage
                                           <branch>/<stage>/metrics.json
                                           <branch>/<stage>/evaluation/metrics.json
@@ -14,8 +14,7 @@
 from __future__ import annotations
 
 from mega3d.trainer import storage
-from mega3d.trainer.data.format import INDEX_FILE
-from mega3d.trainer.spec import ExperimentSpec
+from mega3d.trainer.spec import PRETRAIN, ExperimentSpec
 
 SPEC_FILE = "spec.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -43,5 +42,22 @@ def evaluation_dir(run: str, stage: str) -> str:
     return storage.join(run, stage, "evaluation")
 
 
-def merged_index(run: str, stage: str) -> str:
-    return storage.join(run, "data", stage, INDEX_FILE)
+def merged_dataset(run: str, stage: str) -> str:
+    """The directory of a stage's merged dataset: an index that points at its datasets' shards."""
+    return storage.join(run, "data", stage)
+
+
+def stage_metrics(run: str, stage: str) -> str:
+    """The stage's own metrics.json: its training history, and its evaluation at the end of training."""
+    return storage.join(stage_dir(run, stage), METRICS_FILE)
+
+
+def evaluation_metrics(run: str, stage: str) -> str:
+    """The metrics.json of a fine-tuned stage's evaluation step."""
+    return storage.join(evaluation_dir(run, stage), METRICS_FILE)
+
+
+def reported_metrics(run: str, stage: str) -> str:
+    """The metrics a run reports for a stage: pretraining's own (on its validation split), a fine-tune
+    target's evaluation step's."""
+    return stage_metrics(run, stage) if stage == PRETRAIN else evaluation_metrics(run, stage)

@@ -2,8 +2,9 @@
 
     python -m mega3d.trainer.predict VIDEO --model URI [--top 5] [--frames F] [--size S] [--short-side 128]
 
-prints one JSON object on stdout: {"video", "model", "arch", "windows", "window_frames", "frames", "seconds",
-"top": [{"label", "score"}, ...]}; `top` entries have the reference implementation's results layout.
+prints one JSON object on stdout, a `records.Prediction`: {"video", "model", "arch", "windows",
+"window_frames", "frames", "seconds", "top": [{"label", "score"}, ...]}; `top` entries have the reference
+implementation's results layout.
 Bad input (a missing or undecodable video, a missing or unreadable checkpoint, one without class names)
 ends with one line `error: ...` on stderr and exit code 2. The torch-free CLI (`mega3d predict`) runs this
 in a subprocess.
@@ -21,21 +22,19 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mega3d.trainer.checkpoint import load_checkpoint
+from mega3d.trainer.checkpoint import CheckpointHeader, load_checkpoint
 from mega3d.trainer.data.augment import center_box, crop_resize, normalize
 from mega3d.trainer.data.format import decode_jpeg, encode_jpeg
 from mega3d.trainer.data.ingest import scaled_to_short_side  # frames must look as they do in training
-from mega3d.trainer.model_catalog import canonical_name
 from mega3d.trainer.models import WeightsError, build_model, load_weights
-from mega3d.trainer.spec import KINETICS_MEAN, KINETICS_STD
+from mega3d.trainer.records import ClipShape, Prediction, ScoredLabel
 
 BATCH_WINDOWS = 8  # windows per forward pass
 DEFAULT_FPS = 30.0  # as ingest assumes when a stream does not say
@@ -89,37 +88,6 @@ def decode_video(path: str, short_side: int) -> DecodedVideo:
     return DecodedVideo(jpegs, height, width, fps)
 
 
-@dataclass(frozen=True)
-class ClipShape:
-    """How the model was trained to see a clip (a checkpoint's `clip`; the paper's defaults otherwise)."""
-
-    frames: int = 16
-    size: int = 112
-    mean: tuple[float, float, float] = KINETICS_MEAN
-    std: tuple[float, float, float] = KINETICS_STD
-
-    @classmethod
-    def of(cls, saved: Any, where: str) -> ClipShape:
-        default = cls()
-        if not isinstance(saved, dict):
-            return default
-        try:
-            return cls(
-                frames=int(saved.get("frames", default.frames)),
-                size=int(saved.get("size", default.size)),
-                mean=_rgb(saved.get("mean", default.mean)),
-                std=_rgb(saved.get("std", default.std)),
-            )
-        except (TypeError, ValueError):
-            message = f"{where}: the checkpoint's 'clip' must be {{frames, size, mean, std}}"
-            raise PredictError(message) from None
-
-
-def _rgb(values: Any) -> tuple[float, float, float]:
-    red, green, blue = (float(value) for value in values)
-    return red, green, blue
-
-
 def window_count(n_frames: int, frames: int) -> int:
     """Non-overlapping windows covering the video, the last one looped if short (as evaluation cuts it)."""
     return -(-n_frames // frames)
@@ -160,6 +128,7 @@ def load_model(uri: str) -> LoadedModel:
     """The checkpoint's model in eval mode, its class names, architecture and clip shape."""
     try:
         state = load_checkpoint(uri)
+        header = CheckpointHeader.of(state, uri)
     except WeightsError as error:
         raise PredictError(str(error)) from None
     except FileNotFoundError:
@@ -169,27 +138,22 @@ def load_model(uri: str) -> LoadedModel:
         raise PredictError(f"{uri}: cannot read the checkpoint ({reason})") from None
     except (ImportError, ValueError) as error:  # a URI scheme unknown, or its filesystem not installed
         raise PredictError(f"{uri}: cannot read the checkpoint ({error})") from None
-    classes = state.get("classes")
+    classes = header.classes
     if not classes:
         raise PredictError(
             f"{uri}: the checkpoint names no classes (a reference .pth, or one converted by `mega3d models "
             "import`): fine-tune it on labelled videos first (`init_from:` in a spec), then predict with "
             "the checkpoint the fine-tuning writes"
         )
-    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
-        raise PredictError(f"{uri}: 'classes' must be a list of class names")
-    arch = canonical_name(str(state.get("arch", "")))
-    options = state.get("model_options") or {}
-    if not isinstance(options, dict):
-        raise PredictError(f"{uri}: 'model_options' must be a mapping")
+    arch = header.model_name or ""
     try:
-        model = build_model(arch, len(classes), **options)
+        model = build_model(arch, len(classes), **header.model_options)
         load_weights(model, state, where=uri)  # strict: every tensor must fit
     except KeyError as error:  # an unknown architecture
         raise PredictError(f"{uri}: {error.args[0]}") from None
     except (WeightsError, ValueError, TypeError) as error:
         raise PredictError(f"{uri}: {error}" if uri not in str(error) else str(error)) from None
-    return LoadedModel(model.eval(), [str(c) for c in classes], arch, ClipShape.of(state.get("clip"), uri))
+    return LoadedModel(model.eval(), classes, arch, header.clip or ClipShape())
 
 
 @torch.no_grad()
@@ -210,7 +174,7 @@ def predict(
     size: int | None = None,
     short_side: int = 128,
     top: int = 5,
-) -> dict[str, Any]:
+) -> Prediction:
     """The video-level prediction: the `top` classes with their averaged window probabilities. Windows
     of `frames` x `size` x `size`; by default the clip shape the checkpoint was trained on (else 16, 112)."""
     for name, value in (("frames", frames), ("size", size), ("short_side", short_side), ("top", top)):
@@ -220,20 +184,22 @@ def predict(
         raise PredictError(f"{video_path}: no such file")
     loaded = load_model(checkpoint_uri)
     model, classes, arch = loaded.model, loaded.classes, loaded.arch
-    clip = replace(loaded.clip, frames=frames or loaded.clip.frames, size=size or loaded.clip.size)
+    clip = loaded.clip.model_copy(
+        update={"frames": frames or loaded.clip.frames, "size": size or loaded.clip.size}
+    )
     video = decode_video(video_path, short_side)
     probabilities = video_probabilities(model, video, clip)
     order = np.argsort(-probabilities.numpy(), kind="stable")[:top]
-    return {
-        "video": video_path,
-        "model": checkpoint_uri,
-        "arch": arch,
-        "windows": window_count(len(video.jpegs), clip.frames),
-        "window_frames": clip.frames,
-        "frames": len(video.jpegs),
-        "seconds": round(video.seconds, 3),
-        "top": [{"label": classes[i], "score": float(probabilities[i])} for i in order],
-    }
+    return Prediction(
+        video=video_path,
+        model=checkpoint_uri,
+        arch=arch,
+        windows=window_count(len(video.jpegs), clip.frames),
+        window_frames=clip.frames,
+        frames=len(video.jpegs),
+        seconds=round(video.seconds, 3),
+        top=[ScoredLabel(label=classes[i], score=float(probabilities[i])) for i in order],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     except PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(json.dumps(result))
+    print(json.dumps(result.to_json()))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """The Trainer: DDP training and evaluation of one stage, in explicit phases.
 
-    setup()     process group, data, model (fresh or from a checkpoint), frozen modules, optimizer, resume
-    train()     epochs of train_epoch() + validate(); LR drops on a validation-loss plateau; save() each epoch
+    setup()     process group, data, model (fresh or from a checkpoint), frozen modules, optimizer, LR
+                schedule, and the state of a restarted job's last epoch checkpoint
+    train()     epochs of train_epoch() + validate(); the LR schedule steps on the validation loss; an epoch
+                checkpoint after each epoch, the stage's checkpoint at the end
     evaluate()  clip accuracy and video top-1/top-5 over every non-overlapping window of a split
     close()     leave the process group
+
+What has state of its own is its own object: the learning rate (`schedule.LRSchedule`), what checkpoints
+save and restore (`checkpoint.TrainingState`), an evaluation's per-video scores (`evaluate.VideoScores`).
+The Trainer runs a `records.StageJob`: the stage's spec as validated, with the values of this run.
 
 Ranks come from the torchrun environment; without torchrun the Trainer runs as a world of one.
 gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
@@ -12,15 +18,13 @@ gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,83 +34,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mega3d.trainer import storage
-from mega3d.trainer.checkpoint import load_checkpoint, load_latest, save_checkpoint, save_epoch
-from mega3d.trainer.data.augment import Augmentation, normalize
+from mega3d.trainer.checkpoint import CheckpointHeader, TrainingState, load_checkpoint
+from mega3d.trainer.data.augment import normalize
 from mega3d.trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from mega3d.trainer.data.format import DatasetError, DatasetIndex, load_index
-from mega3d.trainer.evaluate import RankShare, summarize, summarize_multi_label, top_predictions
+from mega3d.trainer.distributed import close_distributed, gather, init_distributed
+from mega3d.trainer.evaluate import RankShare, VideoScores, top1_hits
 from mega3d.trainer.exporter import Endpoints, Exporter
 from mega3d.trainer.layout import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE
-from mega3d.trainer.model_catalog import canonical_name
 from mega3d.trainer.models import build_model, load_weights
 from mega3d.trainer.prefetch import prefetched
+from mega3d.trainer.records import ClipShape, EpochRecord, RankInfo, StageJob, StageMetrics
+from mega3d.trainer.schedule import LRSchedule
 
 PROGRESS_EVERY_S = 20.0
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """Everything one stage needs, as plain values (built from the spec by the entry point)."""
-
-    stage: str
-    data_index: str
-    out_dir: str
-    model_name: str
-    model_options: dict[str, Any] = field(default_factory=dict)
-    init_checkpoint: str | None = None
-    new_head: bool = False  # fine-tuning: a checkpoint's head for other classes is replaced
-    train_from: str | None = None
-    epochs: int = 1
-    batch_size: int = 8
-    num_workers: int = 0
-    clip_frames: int = 16
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    lr: float = 0.003
-    momentum: float = 0.9
-    weight_decay: float = 0.001
-    nesterov: bool = False
-    schedule: str = "plateau"  # plateau | multistep | cosine
-    patience: int = 10
-    factor: float = 0.1
-    milestones: tuple[int, ...] = ()
-    warmup_epochs: int = 0
-    accumulate: int = 1  # steps whose gradients add up before an update
-    seed: int = 0
-    checkpoint_every: int = 1  # epochs
-    keep_checkpoints: int = 2
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the training step
-    sync_batchnorm: bool = False  # GPUs only
-    eval_split: str = "validation"
-    eval_batch_size: int = 32
-    cache_dir: str | None = None
-    max_unreadable: float = 0.01  # fraction of clips per epoch that may fail to decode
-    experiment: str = "mega3d"  # the spec's name, a label of the Prometheus metrics
-
-
-@dataclass(frozen=True)
-class Rank:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def scheduled_lr(job: TrainJob, epoch: int) -> float | None:
-    """The learning rate of an epoch (from 1) where the schedule fixes it: during warm-up, and for the
-    multistep and cosine schedules; None where a plateau schedule decides from validation losses."""
-    if epoch <= job.warmup_epochs:
-        return job.lr * epoch / job.warmup_epochs
-    if job.schedule == "multistep":
-        return job.lr * job.factor ** sum(1 for milestone in job.milestones if milestone <= epoch)
-    if job.schedule == "cosine":
-        done = (epoch - 1 - job.warmup_epochs) / (job.epochs - job.warmup_epochs)
-        return job.lr * 0.5 * (1 + math.cos(math.pi * done))
-    return None
 
 
 def duration(seconds: float) -> str:
@@ -117,28 +58,6 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def init_distributed() -> Rank:
-    if "RANK" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(
-            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-        )
-    use_cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Rank(dist.get_rank(), dist.get_world_size(), device)
-
-
-def gather(value: Any) -> list[Any]:
-    values: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
 
 
 def freeze_before(model: nn.Module, first_trained: str) -> list[nn.Module]:
@@ -168,77 +87,89 @@ def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
         module.eval()
 
 
+@dataclass(frozen=True)
+class TrainedEpoch:
+    """One pass over the training clips, over all ranks."""
+
+    loss: float
+    accuracy: float
+    clips: float
+    data_wait: float  # share of the time spent waiting for the loader (averaged over ranks)
+
+
 class Trainer:
-    def __init__(self, job: TrainJob) -> None:
+    def __init__(self, job: StageJob) -> None:
         self.job = job
         self.checkpoint_uri = storage.join(job.out_dir, CHECKPOINT_FILE)
-        self.history: list[dict[str, float]] = []
-        self.start_epoch = 1
+        self.start_epoch = 1  # the first epoch this run trains
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
-        job = self.job
+        job, spec = self.job, self.job.spec
         self.rank = init_distributed()
-        random.seed(job.seed + self.rank.rank)
-        torch.manual_seed(job.seed + self.rank.rank)
-        self.step = 0  # optimizer updates so far
-        self.ranks = gather({"rank": self.rank.rank, "pid": os.getpid(), "host": socket.gethostname()})
+        random.seed(spec.seed + self.rank.rank)
+        torch.manual_seed(spec.seed + self.rank.rank)
+        self.ranks: list[RankInfo] = gather(
+            RankInfo(rank=self.rank.rank, pid=os.getpid(), host=socket.gethostname())
+        )
         self.index: DatasetIndex = load_index(job.data_index)
         self.classes = self.index.classes
         self.exporter = Exporter(
             job.experiment, job.stage, self.rank.rank, self.rank.world_size, Endpoints.from_environment()
         )
-        self.exporter.describe(job.model_name, self.index.fingerprint)
+        self.exporter.describe(job.model.name, self.index.fingerprint)
         self.unreadable = 0
         self.model = self._build_model().to(self.rank.device)
-        if job.channels_last:
+        if spec.channels_last:
             # Module.to's type stubs omit memory_format, which it accepts.
             self.model = self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-        if job.sync_batchnorm:  # before freezing: frozen BatchNorm modules must be the ones that run
+        if spec.sync_batchnorm:  # before freezing: frozen BatchNorm modules must be the ones that run
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.frozen = freeze_before(self.model, job.train_from) if job.train_from else []
         on_gpu = self.rank.device.type == "cuda"
         if on_gpu:
             torch.backends.cudnn.benchmark = True  # clips have one shape: pick the fastest kernels once
         # A GPU stage run where torch sees no GPU trains in fp32: CPU bf16 3D convolutions are unreliable.
-        self.bf16 = job.precision == "bf16" and on_gpu
+        self.bf16 = spec.precision == "bf16" and on_gpu
         self.ddp = DistributedDataParallel(
             self.model, device_ids=[self.rank.device.index] if on_gpu else None
         )
         # What a training step calls; compiled, it is still the DDP module underneath (no_sync, state).
-        self.step_model: nn.Module = torch.compile(self.ddp) if job.compile else self.ddp  # type: ignore[assignment]
+        self.step_model: nn.Module = torch.compile(self.ddp) if spec.compile else self.ddp  # type: ignore[assignment]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        sgd = spec.optimizer
         self.optimizer = torch.optim.SGD(
-            trainable, lr=job.lr, momentum=job.momentum, weight_decay=job.weight_decay, nesterov=job.nesterov
+            trainable, lr=sgd.lr, momentum=sgd.momentum, weight_decay=sgd.weight_decay, nesterov=sgd.nesterov
         )
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=job.factor, patience=job.patience
-        )
+        self.schedule = LRSchedule(self.optimizer, spec.schedule, sgd.lr, spec.epochs)
         # Multi-label data (several tags per video, e.g. HVU): one sigmoid per class.
         self.loss_fn = nn.BCEWithLogitsLoss() if self.index.multi_label else nn.CrossEntropyLoss()
-        self._resume()
-        if job.precision == "bf16" and not self.bf16:
+        self.state = TrainingState(self.model, self.optimizer, self.schedule, self._model_header(), self.rank)
+        # A restarted job (Volcano restarts every pod on any failure) goes on after its last epoch checkpoint.
+        if self.state.restore(job.out_dir):
+            self.log(f"resuming after epoch {self.state.epoch} (step {self.state.step}) from {job.out_dir}")
+        self.start_epoch = self.state.epoch + 1
+        if spec.precision == "bf16" and not self.bf16:
             self.log("no GPU here: training in fp32 instead of bf16")
-        members = ", ".join(f"rank {r['rank']} pid {r['pid']}" for r in self.ranks)
+        members = ", ".join(f"rank {r.rank} pid {r.pid}" for r in self.ranks)
         self.log(
             f"world size {self.rank.world_size} ({members}); "
-            f"{len(self.classes)} classes; {job.model_name}; "
+            f"{len(self.classes)} classes; {job.model.name}; "
             f"{sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in self.model.parameters()):,} "
             "parameters trained"
         )
 
     def _build_model(self) -> nn.Module:
-        job = self.job
-        model = build_model(job.model_name, len(self.classes), **job.model_options)
+        job, name = self.job, self.job.model.name
+        model = build_model(name, len(self.classes), **job.model.options())
         if job.init_checkpoint is not None:
             state = load_checkpoint(job.init_checkpoint)
-            arch = canonical_name(str(state.get("arch", job.model_name)))
-            if arch != job.model_name:
-                raise ValueError(
-                    f"{job.init_checkpoint} holds a {arch} model; the spec's model is {job.model_name}"
-                )
-            same_classes = state.get("classes") == self.classes
-            if not job.new_head and state.get("classes") is not None and not same_classes:
+            header = CheckpointHeader.of(state, job.init_checkpoint)
+            arch = header.model_name or name
+            if arch != name:
+                raise ValueError(f"{job.init_checkpoint} holds a {arch} model; the spec's model is {name}")
+            same_classes = header.classes == self.classes
+            if not job.new_head and header.classes is not None and not same_classes:
                 raise ValueError(
                     f"{job.init_checkpoint} was trained on other classes than those of {job.data_index}: "
                     "scores against these labels would mean nothing"
@@ -247,25 +178,16 @@ class Trainer:
             load_weights(model, state, new_head=job.new_head and not same_classes, where=job.init_checkpoint)
         return model
 
-    def _resume(self) -> None:
-        """A restarted job (Volcano restarts every pod on any failure) continues after the newest epoch
-        checkpoint, as if it had not stopped: weights, optimizer, schedule, step and every rank's random
-        state (so the next epoch samples the clips and augmentations it would have)."""
-        state = load_latest(self.job.out_dir)
-        if state is None:
-            return
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.history = json.loads(state["history"])
-        self.start_epoch = int(state["epoch"]) + 1
-        self.step = int(state["step"])
-        rng = state["rng"]
-        if len(rng) == self.rank.world_size:  # the same world: each rank continues its own sequence
-            python_state, torch_state = rng[self.rank.rank]
-            random.setstate(python_state)
-            torch.set_rng_state(torch_state)
-        self.log(f"resuming after epoch {state['epoch']} (step {self.step}) from {self.job.out_dir}")
+    def _model_header(self) -> CheckpointHeader:
+        """What the stage's checkpoints say of the model: enough to build it and to predict with it."""
+        model, clip = self.job.model, self.job.spec.clip
+        return CheckpointHeader(
+            arch=model.name,
+            model_options=model.options(),
+            n_classes=len(self.classes),
+            classes=self.classes,
+            clip=ClipShape(frames=clip.frames, size=clip.size, mean=clip.mean, std=clip.std),
+        )
 
     def _loader(
         self, dataset: Dataset[Any], batch_size: int, shuffle: bool, drop_last: bool = False
@@ -277,32 +199,24 @@ class Trainer:
             if shuffle
             else RankShare(len(dataset), self.rank.rank, self.rank.world_size)  # type: ignore[arg-type]
         )
+        workers = self.job.spec.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
-            num_workers=self.job.num_workers,
-            persistent_workers=self.job.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=self.rank.device.type == "cuda",
             collate_fn=None if shuffle else collate_clips,
         )
 
-    def count_unreadable(self, failed: torch.Tensor, clips: int, what: str) -> None:
-        """Add up clips that could not be decoded on all ranks; stop when there are too many."""
-        dist.all_reduce(failed)
-        self.unreadable += int(failed)
-        if int(failed) > self.job.max_unreadable * max(clips, 1):
-            raise DatasetError(
-                f"{self.job.data_index}: {int(failed)} of {clips} clips in {what} could not be decoded, "
-                f"more than the limit of {self.job.max_unreadable:.1%} (max_unreadable)"
-            )
-
-    # ---- training ----------------------------------------------------------------------------------
-    def train(self) -> None:
-        job = self.job
-        clips = TrainingClips(self.index, "training", job.clip_frames, job.augmentation, job.cache_dir)
-        for split, rows in (("training", clips.rows), (job.eval_split, self.index.rows(job.eval_split))):
+    def training_loader(self) -> DataLoader[Any]:
+        """One clip per training video and epoch, in batches of the stage's per-process batch size."""
+        job, spec = self.job, self.job.spec
+        clips = TrainingClips(self.index, "training", spec.clip, spec.cache_dir)
+        eval_split = job.evaluation.split
+        for split, rows in (("training", clips.rows), (eval_split, self.index.rows(eval_split))):
             if not len(rows):  # found now rather than after the last epoch
                 raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
         # BatchNorm cannot train on a batch of one clip: drop a short last batch, and refuse a dataset that
@@ -313,65 +227,89 @@ class Trainer:
                 f"{job.data_index}: {len(clips)} training videos for {self.rank.world_size} processes; "
                 "each process needs at least 2"
             )
-        loader = self._loader(clips, job.batch_size, shuffle=True, drop_last=per_process >= job.batch_size)
-        val_windows = EvaluationWindows(
+        batch_size = spec.process_batch_size()
+        return self._loader(clips, batch_size, shuffle=True, drop_last=per_process >= batch_size)
+
+    def validation_loader(self) -> tuple[DataLoader[Any], int] | None:
+        """The middle window of each validation video (a cheap per-epoch loss), and how many there are;
+        None without validation videos."""
+        clip = self.job.spec.clip
+        windows = EvaluationWindows(
             self.index,
             "validation",
-            job.clip_frames,
-            job.augmentation.size,
+            clip.frames,
+            clip.size,
             middle_only=True,
-            cache_dir=job.cache_dir,
+            cache_dir=self.job.spec.cache_dir,
         )
-        val_loader = (
-            self._loader(val_windows, job.eval_batch_size, shuffle=False) if len(val_windows) else None
-        )
-        for epoch in range(self.start_epoch, job.epochs + 1):
+        if not len(windows):
+            return None
+        return self._loader(windows, self.job.evaluation.batch_size, shuffle=False), len(windows)
+
+    def count_unreadable(self, failed: torch.Tensor, clips: int, what: str) -> None:
+        """Add up clips that could not be decoded on all ranks; stop when there are too many."""
+        dist.all_reduce(failed)
+        self.unreadable += int(failed)
+        limit = self.job.spec.max_unreadable
+        if int(failed) > limit * max(clips, 1):
+            raise DatasetError(
+                f"{self.job.data_index}: {int(failed)} of {clips} clips in {what} could not be decoded, "
+                f"more than the limit of {limit:.1%} (max_unreadable)"
+            )
+
+    # ---- training ----------------------------------------------------------------------------------
+    def train(self) -> None:
+        """The paper's recipe: epochs of SGD over training clips, each followed by the validation loss, on
+        which the learning rate steps; a checkpoint after each epoch."""
+        loader, validation = self.training_loader(), self.validation_loader()
+        for epoch in range(self.start_epoch, self.job.spec.epochs + 1):
+            started = time.monotonic()
             assert isinstance(loader.sampler, DistributedSampler)
             loader.sampler.set_epoch(epoch)
-            started = time.monotonic()
-            lr = scheduled_lr(job, epoch)
-            if lr is not None:
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-            lr_used = self.optimizer.param_groups[0]["lr"]
+            self.schedule.set_epoch(epoch)
+            lr = self.schedule.lr
             trained = self.train_epoch(loader, epoch)
-            val_loss = (
-                self.validate(val_loader, len(val_windows))
-                if val_loader is not None
-                else trained["train_loss"]
-            )
-            if job.schedule == "plateau" and epoch >= job.warmup_epochs:
-                self.scheduler.step(val_loss)
-            seconds = time.monotonic() - started
-            record = {
-                "epoch": epoch,
-                "train_loss": trained["train_loss"],
-                "train_accuracy": trained["train_accuracy"],
-                "val_loss": val_loss,
-                "lr": lr_used,
-                "clips_per_s": trained["clips"] / seconds,
-                "data_wait": trained["data_wait"],
-                "seconds": seconds,
-                "unreadable": self.unreadable,
-            }
-            self.history.append(record)
-            self.exporter.record_epoch(epoch, lr_used, self.rank.device)
-            self.save(epoch)
-            this_run = [r["seconds"] for r in self.history[-(epoch - self.start_epoch + 1) :]]
-            eta = sum(this_run) / len(this_run) * (job.epochs - epoch)
-            self.log(
-                f"epoch {epoch}/{job.epochs}  loss {record['train_loss']:.3f}  "
-                f"acc {record['train_accuracy']:.3f}  val-loss {val_loss:.3f}  lr {record['lr']:.2g}  "
-                f"{record['clips_per_s']:.0f} clips/s  data wait {record['data_wait']:.0%}  {seconds:.1f}s  "
-                f"ETA {duration(eta)}"
-            )
-        self.save_final()
+            val_loss = self.validate(*validation) if validation is not None else trained.loss
+            self.schedule.step(epoch, val_loss)
+            self.end_epoch(epoch, lr, trained, val_loss, time.monotonic() - started)
+        self.state.save(self.checkpoint_uri)
+
+    def end_epoch(
+        self, epoch: int, lr: float, trained: TrainedEpoch, val_loss: float, seconds: float
+    ) -> None:
+        """The epoch into the history, the metrics and (every `checkpoint_every` epochs and after the last)
+        an epoch checkpoint; then a line in the log."""
+        spec = self.job.spec
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=trained.loss,
+            train_accuracy=trained.accuracy,
+            val_loss=val_loss,
+            lr=lr,
+            clips_per_s=trained.clips / seconds,
+            data_wait=trained.data_wait,
+            seconds=seconds,
+            unreadable=self.unreadable,
+        )
+        self.state.history.append(record)
+        self.state.epoch = epoch
+        self.exporter.record_epoch(epoch, lr, self.rank.device)
+        if epoch % spec.checkpoint_every == 0 or epoch == spec.epochs:
+            self.state.save_epoch(self.job.out_dir, spec.keep_checkpoints)
+        this_run = [r.seconds for r in self.state.history[-(epoch - self.start_epoch + 1) :]]
+        eta = sum(this_run) / len(this_run) * (spec.epochs - epoch)
+        self.log(
+            f"epoch {epoch}/{spec.epochs}  loss {record.train_loss:.3f}  "
+            f"acc {record.train_accuracy:.3f}  val-loss {val_loss:.3f}  lr {record.lr:.2g}  "
+            f"{record.clips_per_s:.0f} clips/s  data wait {record.data_wait:.0%}  {seconds:.1f}s  "
+            f"ETA {duration(eta)}"
+        )
 
     def model_input(self, clips: torch.Tensor, flips: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 clips from the loader, on the device, flipped where `flips` says and normalised."""
-        augmentation = self.job.augmentation
+        spec = self.job.spec
         on_device = clips.to(self.rank.device, non_blocking=True)
-        return normalize(on_device, augmentation.mean, augmentation.std, flips, self.job.channels_last)
+        return normalize(on_device, spec.clip.mean, spec.clip.std, flips, spec.channels_last)
 
     def training_batch(self, batch: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         clips, flips, labels, skipped = batch
@@ -384,9 +322,7 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.rank.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def train_epoch(self, loader: DataLoader[Any], epoch: int) -> dict[str, float]:
-        """One pass over the training clips: loss, accuracy, clips, and the share of the time spent waiting
-        for the loader (averaged over ranks)."""
+    def train_epoch(self, loader: DataLoader[Any], epoch: int) -> TrainedEpoch:
         set_train_mode(self.model, self.frozen)
         totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, clips, seconds waiting for data
         failed = torch.zeros(1, dtype=torch.float64)
@@ -397,7 +333,7 @@ class Trainer:
             totals[3] += waited
             failed += skipped.sum()
             self.exporter.unreadable_videos.inc(int(skipped.sum()))
-            update = step % self.job.accumulate == 0 or step == len(loader)
+            update = step % self.job.spec.accumulate == 0 or step == len(loader)
             loss, correct = self.train_step(clips, labels, update)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
@@ -414,12 +350,12 @@ class Trainer:
         dist.all_reduce(totals)
         loss_sum, correct, n, waited = totals.tolist()
         self.count_unreadable(failed, int(n + failed.item()), f"training epoch {epoch}")
-        return {
-            "train_loss": loss_sum / max(n, 1),
-            "train_accuracy": correct / max(n, 1),
-            "clips": n,
-            "data_wait": waited / self.rank.world_size / max(seconds, 1e-9),
-        }
+        return TrainedEpoch(
+            loss=loss_sum / max(n, 1),
+            accuracy=correct / max(n, 1),
+            clips=n,
+            data_wait=waited / self.rank.world_size / max(seconds, 1e-9),
+        )
 
     def train_step(self, clips: torch.Tensor, labels: torch.Tensor, update: bool = True) -> tuple[float, int]:
         """Forward and backward; the optimizer steps when `update` (gradients of the steps in between add
@@ -428,19 +364,12 @@ class Trainer:
             with self.autocast():
                 logits = self.step_model(clips)
                 loss = self.loss_fn(logits.float(), labels)
-            (loss / self.job.accumulate).backward()
+            (loss / self.job.spec.accumulate).backward()
         if update:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-        return float(loss.detach()), self.top1_hits(logits, labels)
-
-    def top1_hits(self, scores: torch.Tensor, labels: torch.Tensor) -> int:
-        """Clips whose top class is their label (multi-label: one of their labels)."""
-        top = scores.argmax(1)
-        if self.index.multi_label:
-            return int(labels.gather(1, top[:, None]).sum())
-        return int((top == labels).sum())
+            self.state.step += 1
+        return float(loss.detach()), top1_hits(logits, labels, self.index.multi_label)
 
     @torch.no_grad()
     def validate(self, loader: DataLoader[Any], n_windows: int) -> float:
@@ -463,112 +392,49 @@ class Trainer:
     # ---- evaluation --------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, Any]:
-        """Per-video probability sums are reduced across ranks: memory grows with videos x classes, not
-        with the number of windows. A video none of whose windows could be decoded is left out."""
-        job = self.job
+        """Scores of every window of `split`, reduced per video across ranks; the top-5 of each video into
+        results.json."""
+        clip = self.job.spec.clip
         windows = EvaluationWindows(
-            self.index, split, job.clip_frames, job.augmentation.size, cache_dir=job.cache_dir
+            self.index, split, clip.frames, clip.size, cache_dir=self.job.spec.cache_dir
         )
         if len(windows) == 0:
-            raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
+            raise ValueError(f"{self.job.data_index}: the dataset has no {split} videos")
         self.model.eval()
-        n_videos = len(windows.rows)
-        sums = torch.zeros(n_videos, len(self.classes), dtype=torch.float64)
-        counts = torch.zeros(n_videos, dtype=torch.float64)
-        correct = torch.zeros(1, dtype=torch.float64)
+        scores = VideoScores(self.index, windows.rows)
         failed = torch.zeros(1, dtype=torch.float64)
-        loader = self._loader(windows, job.eval_batch_size, shuffle=False)
-        for clips, labels, numbers, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
+        loader = self._loader(windows, self.job.evaluation.batch_size, shuffle=False)
+        for clips, labels, videos, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
             failed += unreadable
             self.exporter.unreadable_videos.inc(unreadable)
             if clips is None:
                 continue
             with self.autocast():
                 logits = self.model(clips)
-            to_probabilities = torch.sigmoid if self.index.multi_label else partial(torch.softmax, dim=1)
-            probs = to_probabilities(logits.float()).double().cpu()
-            sums.index_add_(0, numbers, probs)
-            counts.index_add_(0, numbers, torch.ones(len(numbers), dtype=torch.float64))
-            correct += self.top1_hits(probs, labels)
-        for total in (sums, counts, correct):
-            dist.all_reduce(total)
+            scores.add(logits, labels, videos)
+        scores.reduce()
         self.count_unreadable(failed, len(windows), f"the {split} split")
-        read = counts.numpy() > 0
-        rows = windows.rows[read]
-        video_sums, video_counts = sums.numpy()[read], counts.numpy()[read]
-        if self.index.multi_label:
-            targets = self.index.multi_hot(rows)
-            metrics = summarize_multi_label(video_sums, video_counts, int(correct.item()), targets)
-        else:
-            metrics = summarize(
-                video_sums, video_counts, int(correct.item()), self.index.single_labels()[rows]
-            )
+        metrics = scores.summary()
         if self.rank.is_main:
-            ids = [video_id.decode() for video_id in self.index.columns["id"][rows].tolist()]
-            predictions = top_predictions(video_sums / video_counts[:, None], self.classes)
-            results = {"results": dict(zip(ids, predictions, strict=True))}
-            storage.write_json(storage.join(job.out_dir, RESULTS_FILE), results)
+            storage.write_json(storage.join(self.job.out_dir, RESULTS_FILE), scores.results())
         self.exporter.record_evaluation(metrics)
-        per_class_key = "per_class_ap" if self.index.multi_label else "per_class_accuracy"
-        per_class = zip(self.classes, metrics.pop(per_class_key), strict=True)
-        return {
-            "split": split,
-            "unreadable": self.unreadable,
-            **metrics,
-            per_class_key: {name: value for name, value in per_class if value is not None},
-        }
+        return {"split": split, "unreadable": self.unreadable, **metrics}
 
-    # ---- persistence -------------------------------------------------------------------------------
-    def state(self, epoch: int) -> dict[str, Any]:
-        """The stage as a checkpoint: the reference's fields, mega3d's, and what resuming needs."""
-        return {
-            "epoch": epoch,
-            "step": self.step,
-            "arch": self.job.model_name,
-            "model_options": self.job.model_options,
-            "n_classes": len(self.classes),
-            "classes": self.classes,
-            "clip": {  # for predictions
-                "frames": self.job.clip_frames,
-                "size": self.job.augmentation.size,
-                "mean": list(self.job.augmentation.mean),
-                "std": list(self.job.augmentation.std),
-            },
-            "state_dict": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "history": json.dumps(self.history),
-        }
-
-    def save(self, epoch: int) -> None:
-        """Every `checkpoint_every` epochs and after the last, a verified epoch checkpoint (with every
-        rank's random state: a collective, so all ranks call it)."""
-        job = self.job
-        if epoch % job.checkpoint_every and epoch != job.epochs:
-            return
-        rng = gather((random.getstate(), torch.get_rng_state()))
-        if self.rank.is_main:
-            save_epoch(job.out_dir, epoch, {**self.state(epoch), "rng": rng}, job.keep_checkpoints)
-
-    def save_final(self) -> None:
-        """The stage's trained model, which later stages and evaluation start from."""
-        if self.rank.is_main:
-            save_checkpoint(self.checkpoint_uri, self.state(self.job.epochs))
-
-    def write_metrics(self, evaluation: dict[str, Any], seconds: float, checkpoint: str) -> dict[str, Any]:
-        metrics = {
-            "stage": self.job.stage,
-            "world_size": self.rank.world_size,
-            "ranks": self.ranks,
-            "classes": self.classes,
-            "checkpoint": checkpoint,
-            "job": asdict(self.job),
-            "history": self.history,
-            "seconds": seconds,
+    # ---- results -----------------------------------------------------------------------------------
+    def write_metrics(self, evaluation: dict[str, Any], seconds: float, checkpoint: str) -> StageMetrics:
+        metrics = StageMetrics(
+            stage=self.job.stage,
+            world_size=self.rank.world_size,
+            ranks=self.ranks,
+            classes=self.classes,
+            checkpoint=checkpoint,
+            job=self.job,
+            history=self.state.history,
+            seconds=seconds,
             **evaluation,
-        }
+        )
         if self.rank.is_main:
-            storage.write_json(storage.join(self.job.out_dir, METRICS_FILE), metrics)
+            metrics.write(storage.join(self.job.out_dir, METRICS_FILE))
         return metrics
 
     def log(self, message: str) -> None:
@@ -576,5 +442,4 @@ class Trainer:
             print(f"[{self.job.stage}] {message}", flush=True, file=sys.stdout)
 
     def close(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed()

@@ -32,7 +32,7 @@ def test_merge_concatenates_label_spaces_without_copying(two_datasets: tuple[Pat
     merged = load_index(index_uri(str(root / "merged")))
     assert merged.fingerprint in result.stdout
     assert merged.classes[6] == "moments/move-030.0deg-1.5px"
-    assert [(s["name"], s["label_offset"], s["uri"]) for s in merged.sources] == [
+    assert [(s.name, s.label_offset, s.uri) for s in merged.sources] == [
         ("kinetics", 0, first),
         ("moments", 6, second),
     ]
@@ -76,7 +76,7 @@ def test_merge_can_fuse_classes_that_mean_the_same(two_datasets: tuple[Path, str
     assert fused.classes[0] == "moving east" and fused.classes[6] == "moving north-west"
     labels = fused.single_labels()
     assert (labels == 0).sum() == 8 + 4 and len(fused.classes) == 8
-    assert fused.sources[-1]["unify"]["moving east"][1] == "moments/move-030.0deg-1.5px"
+    assert fused.sources[-1].unify["moving east"][1] == "moments/move-030.0deg-1.5px"
 
     unify.write_text("x: [moments/no-such-class]\n")
     bad = mega3d("data", "merge", first, second, "--unify", str(unify), "-o", str(root / "never"))
@@ -94,7 +94,7 @@ def test_subsets_follow_the_papers_data_amount_study(two_datasets: tuple[Path, s
     assert len(part.classes) == 3 and set(part.classes) <= set(index.classes)
     assert len(part.rows("training")) == 3 * 3 and len(part.rows("validation")) == 3 * 2
     assert set(part.single_labels().tolist()) == {0, 1, 2}
-    kept = part.sources[-1]["labels"]
+    kept = part.sources[-1].labels
     by_id = {video.id: video for video in index.videos()}
     for video in part.videos():  # the same video, its label renamed
         assert (

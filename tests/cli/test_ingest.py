@@ -99,7 +99,7 @@ def test_reference_frame_folders_are_ingested_with_errors_listed(tmp_path: Path)
     assert "2 unreadable (listed in the index's errors)" in result.stdout
     index = load_index(index_uri(str(output)))
     assert index.classes == ["jump", "run"]
-    assert sorted(e["id"] for e in index.errors) == ["v_corrupt", "v_missing"]
+    assert sorted(e.id for e in index.errors) == ["v_corrupt", "v_missing"]
     by_id = {video.id: video for video in index.videos()}
     assert (by_id["v_run_1"].label, by_id["v_jump_2"].split, by_id["v_run_1"].fps) == (1, "validation", 25.0)
     for video_id, frames in decoded.items():  # the segment [2, n+1) of each: frames 2..n, bit for bit
@@ -185,7 +185,7 @@ def test_reference_hdf5_files_are_ingested(tmp_path: Path) -> None:
     index = load_index(index_uri(str(tmp_path / "out")))
     for video in index.videos():  # segment [1, n): frames 1..n-1, numbered from 0 as the reference does
         np.testing.assert_array_equal(frames_of(index, video.id), expected[video.id])
-    assert [e["id"] for e in index.errors] == ["c"]
+    assert [e.id for e in index.errors] == ["c"]
 
 
 def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_real_video_files_are_decoded_from_a_csv_list(tmp_path: Path) -> None:
     assert (phone.frames, phone.height, phone.width, round(phone.fps, 2)) == (120, 64, 78, 29.97)
     assert (bikes.frames, bikes.height, bikes.split, bikes.label) == (250, 64, "validation", 0)
     assert frames_of(index, bikes.id, 100, 16).shape == (16, 64, 151, 3)
-    assert [e["id"] for e in index.errors] == ["broken.mp4"]
+    assert [e.id for e in index.errors] == ["broken.mp4"]
 
     bad = tmp_path / "bad.csv"
     bad.write_text("bikes.mp4,cycling,train\n")
@@ -312,7 +312,7 @@ def test_kinetics_csv_with_the_download_scripts_file_names(tmp_path: Path) -> No
         ("abc123_000010_000020", 0, "training"),
         ("xyz789_000000_000010", 1, "validation"),
     ]
-    assert [e["id"] for e in index.errors] == ["gone42_000005_000015"]
+    assert [e.id for e in index.errors] == ["gone42_000005_000015"]
 
 
 def test_activitynet_segments_become_trimmed_clips(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from mega3d.trainer import storage
-from mega3d.trainer.checkpoint import save_checkpoint
+from mega3d.trainer.checkpoint import CheckpointHeader, save_checkpoint
 from mega3d.trainer.data.augment import center_box, crop_resize, normalize
 from mega3d.trainer.data.clips import EvaluationWindows
 from mega3d.trainer.data.format import JPEG_QUALITY, index_uri, load_index
@@ -41,15 +41,15 @@ def real_video(name: str = "carphone_pristine.mp4") -> Path:
     return Path(spec.origin).parent / "datasets" / "data" / name
 
 
+def tiny_header(classes: list[str] | None) -> CheckpointHeader:
+    return CheckpointHeader(
+        epoch=1, arch="r3d-10", model_options={"widen_factor": 0.125}, n_classes=3, classes=classes
+    )
+
+
 def tiny_state(model: nn.Module, classes: list[str] | None) -> dict[str, Any]:
-    return {
-        "epoch": 1,
-        "arch": "r3d-10",
-        "model_options": {"widen_factor": 0.125},
-        "n_classes": 3,
-        "classes": classes,
-        "state_dict": model.state_dict(),
-    }
+    """A checkpoint's mapping, every header field in it (`classes` too when None)."""
+    return {**tiny_header(classes).model_dump(), "state_dict": model.state_dict()}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
     with torch.no_grad():  # a random head gives near-uniform scores: spread them so that ranks mean something
         head.weight.mul_(4)
     path = tmp_path_factory.mktemp("model") / "tiny.pth"
-    save_checkpoint(str(path), tiny_state(model, CLASSES))
+    save_checkpoint(str(path), tiny_header(CLASSES), {"state_dict": model.state_dict()})
     return path, model.eval()
 
 
@@ -171,12 +171,12 @@ def test_options_change_windows_crop_and_scale(tiny: tuple[Path, nn.Module]) -> 
     from mega3d.trainer.predict import predict
 
     answer = predict(str(real_video()), str(tiny[0]), frames=50, size=64, short_side=96, top=2)
-    assert (answer["windows"], answer["window_frames"], answer["frames"]) == (3, 50, 120)
-    assert len(answer["top"]) == 2
+    assert (answer.windows, answer.window_frames, answer.frames) == (3, 50, 120)
+    assert len(answer.top) == 2
     expected = expected_scores(real_video(), tiny[1], frames=50, size=64, short_side=96)
-    for entry in answer["top"]:
-        assert entry["score"] == pytest.approx(expected[CLASSES.index(entry["label"])], abs=1e-5)
-    assert answer["top"][0]["label"] == CLASSES[int(np.argmax(expected))]
+    for entry in answer.top:
+        assert entry.score == pytest.approx(expected[CLASSES.index(entry.label)], abs=1e-5)
+    assert answer.top[0].label == CLASSES[int(np.argmax(expected))]
 
 
 def test_human_output_lists_the_top_label_first(
@@ -266,7 +266,7 @@ def test_windows_default_to_the_clip_the_model_was_trained_on(
     tiny: tuple[Path, nn.Module], tmp_path: Path
 ) -> None:
     path = tmp_path / "trained.pth"
-    save_checkpoint(str(path), {**tiny_state(tiny[1], CLASSES), "clip": {"frames": 40, "size": 32}})
+    torch.save({**tiny_state(tiny[1], CLASSES), "clip": {"frames": 40, "size": 32}}, path)  # mean, std unsaid
     result = mega3d("predict", str(real_video()), "--model", str(path), "--json")
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from matplotlib import image
 
-from mega3d.pipelines import study
+from mega3d.report import study
 from mega3d.trainer import layout, storage
+from mega3d.trainer.records import Scores
 from mega3d.trainer.spec import Branch, parse_spec
 from tests.conftest import mega3d
 
@@ -307,8 +308,8 @@ def test_pretraining_names() -> None:
 
 def test_multi_label_targets_get_an_map_column_and_scratch_comes_first() -> None:
     def row(pretraining: str, mean_ap: float | None) -> study.Row:
-        evaluation = study.Evaluation(clip=0.5, top1=0.6, top5=0.7, mean_ap=mean_ap, per_class={})
-        return study.Row("e/r", "", pretraining, 1.0, 1.0, "r3d-18", {"tags": evaluation})
+        scores = Scores(clip_accuracy=0.5, video_top1=0.6, video_top5=0.7, mAP=mean_ap)
+        return study.Row("e/r", "", pretraining, 1.0, 1.0, "r3d-18", {"tags": scores})
 
     run = study.RunResults("root", "e/r", ["tags"], [row("kinetics", 0.4), row("scratch", None)], 2, [])
     report = study.build_report([run])

@@ -15,6 +15,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from mega3d.pipelines.pipeline import compile_pipeline
 from mega3d.pipelines.registry import Decision, decide
 from mega3d.pipelines.settings import Deployment
+from mega3d.trainer.records import ModelRecord, TargetResult
 from mega3d.trainer.spec import SpecError, parse_spec
 from tests.conftest import QUICKSTART, mega3d
 
@@ -104,11 +105,19 @@ def test_a_branch_without_pretraining_trains_its_targets_from_scratch(tmp_path: 
         assert json.loads((root / "motion-c" / "evaluation" / "metrics.json").read_text())["n_videos"] > 0
     assert json.loads((scratch / "spec.json").read_text())["finetune"][0]["init_from"] == "scratch"
     trained = json.loads((scratch / "motion-c" / "metrics.json").read_text())
-    assert trained["job"]["init_checkpoint"] is None and trained["job"]["train_from"] is None
+    assert trained["job"]["init_checkpoint"] is None and trained["job"]["spec"]["train_from"] is None
 
 
-def record(score: float, evaluation_set: str = "abc:validation") -> dict[str, Any]:
-    return {"run_id": "r", "targets": {"ucf101": {"score": score, "evaluation_set": evaluation_set}}}
+def record(score: float, evaluation_set: str = "abc:validation") -> ModelRecord:
+    target = TargetResult(
+        evaluation_set=evaluation_set,
+        score=score,
+        checkpoint="ucf101/checkpoint.pt",
+        clip_accuracy=score,
+        video_top1=score,
+        video_top5=1.0,
+    )
+    return ModelRecord(run_id="r", branch="", fingerprint="f", model="r3d-18", targets={"ucf101": target})
 
 
 def test_promotion_needs_a_better_score_on_the_same_evaluation_sets() -> None:

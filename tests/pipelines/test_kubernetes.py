@@ -41,6 +41,7 @@ from mega3d.pipelines.launcher import (
 )
 from mega3d.pipelines.settings import CREDENTIALS_DIR, Deployment, Toleration
 from mega3d.trainer import layout
+from mega3d.trainer.data.format import index_uri
 from tests.conftest import ROOT
 from tests.fake_kubernetes import FakeKubernetes, Request
 
@@ -66,7 +67,12 @@ def gpu_app(nnodes: int, name: str = "quickstart-pretrain") -> AppDef:
     """The quickstart's pretraining as the launcher builds it for a cluster: nnodes x 8 GPUs."""
     app = trainer(
         *("train", "--spec", f"{RUN}/{layout.SPEC_FILE}", "--stage", "pretrain"),
-        *("--data-index", layout.merged_index(RUN, "pretrain"), "--out", layout.stage_dir(RUN, "pretrain")),
+        *(
+            "--data-index",
+            index_uri(layout.merged_dataset(RUN, "pretrain")),
+            "--out",
+            layout.stage_dir(RUN, "pretrain"),
+        ),
         name=name,
         image=IMAGE,
         nnodes=nnodes,

@@ -4,6 +4,7 @@ import base64
 import re
 
 from mega3d.pipelines.reports import class_table, curves_html
+from mega3d.trainer.records import EpochRecord
 
 
 def test_best_and_worst_classes_in_order() -> None:
@@ -27,7 +28,18 @@ def test_best_and_worst_classes_in_order() -> None:
 
 def test_curves_page_embeds_a_png() -> None:
     history = [
-        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "train_accuracy": 0.2 * e} for e in (1, 2, 3)
+        EpochRecord(
+            epoch=e,
+            train_loss=2.0 / e,
+            val_loss=2.2 / e,
+            train_accuracy=0.2 * e,
+            lr=0.1,
+            clips_per_s=100.0,
+            data_wait=0.01,
+            seconds=3.0,
+            unreadable=0,
+        )
+        for e in (1, 2, 3)
     ]
     page = curves_html(history, "quickstart motion-c: training")
     encoded = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)

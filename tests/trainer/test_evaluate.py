@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
+from mega3d.trainer.data.format import index_uri, load_index
 from mega3d.trainer.evaluate import (
     CONFUSION_MAX_CLASSES,
     RankShare,
+    VideoScores,
     average_precision,
     summarize,
     summarize_multi_label,
@@ -80,3 +83,29 @@ def test_multi_label_metrics_by_hand() -> None:
     worse = summarize_multi_label(sums[:, [1, 0, 2]], np.ones(2), 0, targets)  # classes 0 and 1 swapped
     assert worse["per_class_ap"] == [pytest.approx(0.5), pytest.approx(0.5), 1.0]
     assert worse["mAP"] == pytest.approx(2 / 3)
+
+
+def test_video_scores_add_windows_up_per_video_and_leave_out_unread_videos(tiny_dataset: str) -> None:
+    index = load_index(index_uri(tiny_dataset))
+    rows = index.rows("validation")
+    labels = index.single_labels()[rows]
+    scores = VideoScores(index, rows)
+    # Video 0: two windows, one confidently of its own class, one unsure of another; video 1: one window of
+    # another class; no window of the other videos could be read.
+    n_classes = len(index.classes)
+    logits = torch.zeros(3, n_classes)
+    logits[0, labels[0]] = 4.0
+    logits[1, (labels[0] + 1) % n_classes] = 1.0
+    logits[2, (labels[1] + 1) % n_classes] = 4.0
+    scores.add(logits, torch.from_numpy(labels[[0, 0, 1]]), torch.tensor([0, 0, 1]))
+    metrics = scores.summary()
+    probabilities = torch.softmax(logits, dim=1).double().numpy()
+    sums = np.stack([probabilities[0] + probabilities[1], probabilities[2]])
+    expected = summarize(sums, np.array([2, 1]), clip_correct=1, video_labels=labels[:2])
+    assert (metrics["n_videos"], metrics["n_clips"], metrics["clip_accuracy"]) == (2, 3, pytest.approx(1 / 3))
+    assert metrics["video_top1"] == pytest.approx(expected["video_top1"]) == 0.5
+    by_name = dict(zip(index.classes, expected["per_class_accuracy"], strict=True))
+    assert metrics["per_class_accuracy"] == {name: a for name, a in by_name.items() if a is not None}
+    results = scores.results()["results"]
+    assert list(results) == [video.id for video in index.videos("validation")[:2]]
+    assert results[index.videos("validation")[0].id][0]["label"] == index.classes[labels[0]]

@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mega3d.trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
-from mega3d.trainer.data.augment import Augmentation
 from mega3d.trainer.data.format import ClipReader, DatasetError, index_uri, load_index
 from mega3d.trainer.data.synth import synthesize
-from mega3d.trainer.data.writer import ShardWriter, finish, jpeg_frames, start
-from mega3d.trainer.spec import KINETICS_MEAN, KINETICS_STD, SyntheticSpec, parse_spec
-from mega3d.trainer.train import Trainer, TrainJob, duration, scheduled_lr
+from mega3d.trainer.data.writer import ShardWriter, SingleWriterPlan, finish, jpeg_frames, start
+from mega3d.trainer.records import StageJob
+from mega3d.trainer.spec import (
+    KINETICS_MEAN,
+    KINETICS_STD,
+    EvaluationSpec,
+    FinetuneSpec,
+    ModelSpec,
+    PretrainSpec,
+    SyntheticSpec,
+    parse_spec,
+)
+from mega3d.trainer.train import Trainer, duration
 
 TINY_STAGE = {
     "epochs": 2,
@@ -66,7 +74,7 @@ def trainer(
     if init is not None:
         args += ["--init", str(init)]
     result = subprocess.run(
-        [sys.executable, "-m", "trainer", *args],
+        [sys.executable, "-m", "mega3d.trainer", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -91,22 +99,50 @@ def world_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
-def tiny_job(dataset: str, out: Path, **changes: Any) -> TrainJob:
-    """A stage of a tiny R3D-10 on 4-frame 16-pixel clips, trained in this process."""
-    fields: dict[str, Any] = {
-        "stage": "pretrain",
-        "data_index": index_uri(dataset),
-        "out_dir": str(out),
-        "model_name": "r3d-10",
-        "model_options": {"widen_factor": 0.125},
-        "batch_size": 4,
-        "clip_frames": 4,
-        "augmentation": Augmentation(size=16),
-    }
-    return TrainJob(**{**fields, **changes})
+TINY_MODEL = ModelSpec(name="r3d-10", widen_factor=0.125)
+# A stage's spec fields for a tiny run in this process; the tests' own settings are added to these.
+TINY_STAGE_SPEC: dict[str, Any] = {
+    "epochs": 1,
+    "batch_size": 4,
+    "num_workers": 0,
+    "clip": {"frames": 4, "size": 16},
+}
 
 
-def set_up(job: TrainJob) -> Trainer:
+def stage_job(
+    stage: str,
+    spec: PretrainSpec | FinetuneSpec,
+    dataset: str,
+    out: Path,
+    model: ModelSpec = TINY_MODEL,
+    init: Path | None = None,
+    new_head: bool = False,
+) -> StageJob:
+    return StageJob(
+        stage=stage,
+        spec=spec,
+        model=model,
+        evaluation=EvaluationSpec(),
+        experiment="tiny",
+        data_index=index_uri(dataset),
+        out_dir=str(out),
+        init_checkpoint=None if init is None else str(init),
+        new_head=new_head,
+    )
+
+
+def tiny_job(dataset: str, out: Path, stage: str = "pretrain", **spec: Any) -> StageJob:
+    """A pretraining stage of a tiny R3D-10 on 4-frame 16-pixel clips, trained in this process; `spec`
+    holds fields of its PretrainSpec."""
+    return stage_job(stage, PretrainSpec(datasets=["tiny"], **{**TINY_STAGE_SPEC, **spec}), dataset, out)
+
+
+def with_spec(job: StageJob, **spec: Any) -> StageJob:
+    """The job with other values of stage spec fields."""
+    return job.model_copy(update={"spec": job.spec.model_copy(update=spec)})
+
+
+def set_up(job: StageJob) -> Trainer:
     trainer = Trainer(job)
     try:
         trainer.setup()
@@ -203,16 +239,7 @@ def test_resuming_restores_weights_optimizer_and_schedule(
     out = tmp_path / "pretrain"
     saved = load_checkpoint(str(out / "checkpoint.pt"))
     world_of_one(monkeypatch)
-    job = TrainJob(
-        stage="pretrain",
-        data_index=f"{tiny_dataset}/index.npz",
-        out_dir=str(out),
-        model_name="r3d-10",
-        model_options={"widen_factor": 0.125},
-        epochs=saved["epoch"] + 1,
-        clip_frames=4,
-        augmentation=Augmentation(size=16),
-    )
+    job = tiny_job(tiny_dataset, out, epochs=saved["epoch"] + 1)
     trainer = Trainer(job)
     try:
         trainer.setup()
@@ -224,8 +251,8 @@ def test_resuming_restores_weights_optimizer_and_schedule(
             torch.equal(momentum[i]["momentum_buffer"], saved["optimizer"]["state"][i]["momentum_buffer"])
             for i in momentum
         )
-        assert trainer.scheduler.state_dict() == saved["scheduler"]
-        assert [h["epoch"] for h in trainer.history] == list(range(1, saved["epoch"] + 1))
+        assert trainer.schedule.state_dict() == saved["scheduler"]
+        assert [h.epoch for h in trainer.state.history] == list(range(1, saved["epoch"] + 1))
     finally:
         trainer.close()
 
@@ -237,26 +264,24 @@ def test_channels_last_trains_end_to_end(pretrained: tuple[Path, str], tiny_data
     out = tmp_path / "channels_last" / "out"
     trainer("train", spec, "tuned", tiny_dataset, out, tmp_path / "pretrain" / "checkpoint.pt")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["job"]["channels_last"] is True
+    assert metrics["job"]["spec"]["channels_last"] is True
     assert len(metrics["history"]) == 1 and metrics["history"][0]["train_loss"] > 0
     trained = load_checkpoint(str(out / "checkpoint.pt"))["state_dict"]["conv1.weight"]
     initial = load_checkpoint(str(tmp_path / "pretrain" / "checkpoint.pt"))["state_dict"]["conv1.weight"]
     assert trained.dtype == torch.float32 and not torch.equal(trained, initial)
 
 
-def finetune_job(tmp_path: Path, dataset: str, init: Path, **changes: Any) -> TrainJob:
-    fields: dict[str, Any] = {
-        "stage": "tuned",
-        "data_index": f"{dataset}/index.npz",
-        "out_dir": str(tmp_path),
-        "model_name": "r3d-10",
-        "model_options": {"widen_factor": 0.125},
-        "init_checkpoint": str(init),
-        "new_head": True,
-        "clip_frames": 4,
-        "augmentation": Augmentation(size=16),
-    }
-    return TrainJob(**{**fields, **changes})
+def finetune_job(
+    tmp_path: Path,
+    dataset: str,
+    init: Path,
+    model: ModelSpec = TINY_MODEL,
+    new_head: bool = True,
+    **spec: Any,
+) -> StageJob:
+    """Fine-tuning the tiny model from `init`; `spec` holds fields of its FinetuneSpec."""
+    finetune = FinetuneSpec(name="tuned", dataset="tiny", **{**TINY_STAGE_SPEC, **spec})
+    return stage_job("tuned", finetune, dataset, tmp_path, model, init, new_head)
 
 
 def test_the_head_is_kept_only_for_the_same_classes(
@@ -289,7 +314,7 @@ def test_evaluating_on_other_classes_or_another_architecture_is_refused(
         set_up(finetune_job(tmp_path / "out", other, init, new_head=False))
     world_of_one(monkeypatch)
     with pytest.raises(ValueError, match="holds a r3d-10 model; the spec's model is r3d-18"):
-        set_up(finetune_job(tmp_path / "out", other, init, model_name="r3d-18"))
+        set_up(finetune_job(tmp_path / "out", other, init, ModelSpec(name="r3d-18", widen_factor=0.125)))
 
 
 def test_channels_last_and_bf16_reach_the_model_and_the_inputs(
@@ -342,13 +367,16 @@ def test_unreadable_videos_are_skipped_counted_and_limited(
 
     tolerant = run(0.5)
     # One training video per epoch, and the middle window of one validation video; then its 3 windows.
-    assert tolerant.history[0]["unreadable"] == 2
+    assert tolerant.state.history[0].unreadable == 2
     evaluation = tolerant.evaluation  # type: ignore[attr-defined]
     assert evaluation["unreadable"] == 5 and evaluation["n_videos"] == 2  # the unreadable one is left out
     # Past the limit the stage stops (checked on a live trainer: a process group torn down while training
     # unwinds from an exception can hang in gloo).
     world_of_one(monkeypatch)
-    strict = set_up(replace(tolerant.job, max_unreadable=0.0, out_dir=str(tmp_path / "strict")))
+    strict_job = with_spec(tolerant.job, max_unreadable=0.0).model_copy(
+        update={"out_dir": str(tmp_path / "strict")}
+    )
+    strict = set_up(strict_job)
     try:
         with pytest.raises(
             DatasetError, match=r"1 of 10 clips in training epoch 1 could not be decoded, more"
@@ -362,22 +390,6 @@ def test_durations_read_naturally() -> None:
     assert [duration(s) for s in (4.4, 185, 7620)] == ["4s", "3m05s", "2h07m"]
 
 
-@pytest.mark.parametrize(
-    ("changes", "expected"),
-    [
-        ({}, [None] * 6),  # plateau: validation losses decide
-        ({"warmup_epochs": 2}, [0.05, 0.1, None, None, None, None]),
-        ({"schedule": "multistep", "milestones": (3, 5)}, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]),
-        # cosine over the 4 epochs after warm-up: 0.1 * (1 + cos(pi * k / 4)) / 2, k = 0..3
-        ({"schedule": "cosine", "warmup_epochs": 2}, [0.05, 0.1, 0.1, 0.0853553, 0.05, 0.0146447]),
-    ],
-)
-def test_scheduled_learning_rates(changes: dict[str, Any], expected: list[float | None]) -> None:
-    job = TrainJob(stage="s", data_index="", out_dir="", model_name="r3d-10", epochs=6, lr=0.1, **changes)
-    rates = [scheduled_lr(job, epoch) for epoch in range(1, 7)]
-    assert rates == [pytest.approx(r, abs=1e-7) if r is not None else None for r in expected]
-
-
 def test_accumulated_steps_update_like_one_big_batch(
     tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -388,14 +400,7 @@ def test_accumulated_steps_update_like_one_big_batch(
     weights = []
     for accumulate in (1, 2):
         world_of_one(monkeypatch)
-        job = TrainJob(
-            stage="s",
-            data_index=index_uri(tiny_dataset),
-            out_dir=str(tmp_path),
-            model_name="r3d-10",
-            accumulate=accumulate,
-        )
-        trainer = set_up(job)
+        trainer = set_up(tiny_job(tiny_dataset, tmp_path, stage="s", accumulate=accumulate))
         try:
             torch.manual_seed(1)
             trainer.model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 8 * 8, 3))
@@ -414,7 +419,7 @@ def test_accumulated_steps_update_like_one_big_batch(
         torch.testing.assert_close(accumulated, full)
 
 
-def run_to(job: TrainJob, monkeypatch: pytest.MonkeyPatch) -> Trainer:
+def run_to(job: StageJob, monkeypatch: pytest.MonkeyPatch) -> Trainer:
     world_of_one(monkeypatch)
     trainer = set_up(job)
     try:
@@ -429,7 +434,12 @@ def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
 ) -> None:
     """Four epochs straight, against two epochs, a stop, and a restart of the same job: the same learning
     rates, steps, losses and weights (the random state of clip sampling and augmentation is restored)."""
-    recipe: dict[str, Any] = {"seed": 3, "schedule": "multistep", "milestones": (3,), "lr": 0.05, "epochs": 4}
+    recipe: dict[str, Any] = {
+        "seed": 3,
+        "schedule": {"kind": "multistep", "milestones": [3]},
+        "optimizer": {"lr": 0.05},
+        "epochs": 4,
+    }
     straight = run_to(tiny_job(tiny_dataset, tmp_path / "straight", **recipe), monkeypatch)
     stopped = tiny_job(tiny_dataset, tmp_path / "stopped", **recipe, checkpoint_every=2)
     run_to(stopped, monkeypatch)
@@ -443,10 +453,11 @@ def test_a_resumed_stage_continues_as_if_it_had_not_stopped(
         json.dumps({"epoch": 2, "file": "epoch-00002.pt", "sha256": hashlib.sha256(two).hexdigest()})
     )
     resumed = run_to(stopped, monkeypatch)
-    assert resumed.start_epoch == 3 and resumed.step == straight.step
+    assert resumed.start_epoch == 3 and resumed.state.step == straight.state.step
     for key in ("lr", "train_loss", "val_loss"):
-        assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in straight.history]), key
-    assert [h["lr"] for h in straight.history] == pytest.approx([0.05, 0.05, 0.005, 0.005])
+        resumed_values = [getattr(h, key) for h in resumed.state.history]
+        assert resumed_values == pytest.approx([getattr(h, key) for h in straight.state.history]), key
+    assert [h.lr for h in straight.state.history] == pytest.approx([0.05, 0.05, 0.005, 0.005])
     for key, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value)
 
@@ -484,7 +495,7 @@ def test_multi_label_datasets_train_with_sigmoids_and_report_map(
     source = load_index(index_uri(tiny_dataset))
     reader = ClipReader(source)
     uri = str(tmp_path / "tags")
-    start(uri, {"test": 1})
+    start(uri, SingleWriterPlan(classes=[*source.classes, "tagged"]))
     writer = ShardWriter(uri, n_classes=4)
     for row, video in enumerate(source.videos()):
         labels = [video.label, 3] if row % 2 else [video.label]
@@ -495,9 +506,9 @@ def test_multi_label_datasets_train_with_sigmoids_and_report_map(
     job = tiny_job(uri, tmp_path / "out", stage="tags", epochs=2)
     trained = run_to(job, monkeypatch)
     assert isinstance(trained.loss_fn, torch.nn.BCEWithLogitsLoss)
-    assert all(h["train_loss"] > 0 and 0 <= h["train_accuracy"] <= 1 for h in trained.history)
+    assert all(h.train_loss > 0 and 0 <= h.train_accuracy <= 1 for h in trained.state.history)
     world_of_one(monkeypatch)
-    evaluator = set_up(replace(job, init_checkpoint=str(tmp_path / "out" / "checkpoint.pt")))
+    evaluator = set_up(job.model_copy(update={"init_checkpoint": str(tmp_path / "out" / "checkpoint.pt")}))
     try:
         metrics = evaluator.evaluate("validation")
     finally:
@@ -514,6 +525,6 @@ def test_a_compiled_training_step_trains_and_saves_plain_weights(
 ) -> None:
     job = tiny_job(tiny_dataset, tmp_path, stage="compiled", compile=True)
     trained = run_to(job, monkeypatch)
-    assert type(trained.step_model).__name__ == "OptimizedModule" and trained.history[0]["train_loss"] > 0
+    assert type(trained.step_model).__name__ == "OptimizedModule" and trained.state.history[0].train_loss > 0
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))["state_dict"]
     assert "conv1.weight" in state and not any("_orig_mod" in key for key in state)

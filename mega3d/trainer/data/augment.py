@@ -17,30 +17,18 @@ The work is split where the data's shape allows batching:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from mega3d.trainer.spec import CROP_POSITIONS, KINETICS_MEAN, KINETICS_STD, PAPER_SCALES
+from mega3d.trainer.spec import ClipSpec
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """What the transforms do, as plain values (from the spec's `clip` section)."""
-
-    size: int = 112
-    scales: tuple[float, ...] = PAPER_SCALES
-    positions: tuple[str, ...] = CROP_POSITIONS
-    flip: bool = True
-    mean: tuple[float, float, float] = KINETICS_MEAN
-    std: tuple[float, float, float] = KINETICS_STD
-
-    def sample(self, height: int, width: int) -> tuple[tuple[int, int, int], bool]:
-        """A training clip's crop box and whether to flip it (from `random`, which the Trainer seeds and
-        DataLoader workers reseed)."""
-        box = crop_box(height, width, random.choice(self.scales), random.choice(self.positions))
-        return box, self.flip and random.random() < 0.5
+def sample_crop(clip: ClipSpec, height: int, width: int) -> tuple[tuple[int, int, int], bool]:
+    """A training clip's crop box and whether to flip it, drawn as `clip` says (from `random`, which the
+    Trainer seeds and DataLoader workers reseed)."""
+    box = crop_box(height, width, random.choice(clip.scales), random.choice(clip.positions))
+    return box, clip.flip and random.random() < 0.5
 
 
 def crop_box(height: int, width: int, scale: float, position: str) -> tuple[int, int, int]:

@@ -1,8 +1,8 @@
 """Clip datasets for training and evaluation.
 
 Training (paper, §6 of the design notes): one clip per video from a random time position, looped when the
-video is too short, cropped and resized as `Augmentation` says; the sample carries whether to flip it, for
-`augment.normalize` to do on the whole batch on the device.
+video is too short, cropped and resized as the stage's `ClipSpec` says; the sample carries whether to flip
+it, for `augment.normalize` to do on the whole batch on the device.
 Evaluation: the video cut into non-overlapping windows, each centre-cropped; each window is one clip.
 Clips leave here as (T, size, size, 3) uint8.
 
@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from mega3d.trainer.data.augment import Augmentation, center_box, crop_resize
+from mega3d.trainer.data.augment import center_box, crop_resize, sample_crop
 from mega3d.trainer.data.format import ClipReader, CorruptVideo, DatasetError, DatasetIndex
+from mega3d.trainer.spec import ClipSpec
 
 
 def clip_frames(reader: ClipReader, row: int, start: int, length: int) -> torch.Tensor:
@@ -69,16 +70,9 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
 
     ATTEMPTS = 20
 
-    def __init__(
-        self,
-        index: DatasetIndex,
-        split: str,
-        frames: int,
-        augmentation: Augmentation,
-        cache_dir: str | None = None,
-    ) -> None:
-        super().__init__(index, split, frames, augmentation.size, cache_dir)
-        self.augmentation = augmentation
+    def __init__(self, index: DatasetIndex, split: str, clip: ClipSpec, cache_dir: str | None = None) -> None:
+        super().__init__(index, split, clip.frames, clip.size, cache_dir)
+        self.clip = clip
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,7 +92,7 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
                         f"{skipped} videos in a row could not be decoded: the dataset is damaged"
                     ) from None
                 i = (i + 1) % len(self.rows)  # the next video takes its place
-        box, flip = self.augmentation.sample(clip.shape[1], clip.shape[2])
+        box, flip = sample_crop(self.clip, clip.shape[1], clip.shape[2])
         return crop_resize(clip, box, self.size), flip, target(self.index, row), skipped
 
 

@@ -26,6 +26,8 @@ import io
 import json
 import os
 import posixpath
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +35,7 @@ import numpy as np
 import simplejpeg
 
 from mega3d.trainer import storage
+from mega3d.trainer.records import Record, RecordError
 
 FORMAT = "mega3d-video/2"
 INDEX_FILE = "index.npz"
@@ -72,6 +75,62 @@ class CorruptVideo(DatasetError):
     """A video whose stored bytes cannot be decoded."""
 
 
+# ---- the index's header --------------------------------------------------------------------------------
+
+
+class MergedSource(Record):
+    """One dataset of a merge: its classes became `<name>/<class>`, numbered from `label_offset`."""
+
+    name: str
+    classes: int  # how many
+    label_offset: int
+    fingerprint: str
+    uri: str | None = None  # where it was loaded from, when the merge was told
+
+
+class SubsetOptions(Record):
+    categories: float  # fraction of the classes kept
+    instances: float  # fraction of each kept class's training videos
+    seed: int
+
+
+class SubsetSource(Record):
+    """A subset of the index before it: the paper's data-amount study."""
+
+    subset: SubsetOptions
+    labels: list[int]  # each kept class's label in the index it was taken from
+    uri: str | None = None  # where that index was loaded from, when the subset was told
+
+
+class UnifiedClasses(Record):
+    """Classes of a merge fused into one: `new name: [<dataset>/<class>, ...]`."""
+
+    unify: dict[str, list[str]]
+
+
+# No field says which kind a source is: each kind has required fields the others lack.
+IndexSource = MergedSource | SubsetSource | UnifiedClasses
+
+
+class UnreadableVideo(Record):
+    """A video that could not be read when the dataset was made: reported, never dropped silently."""
+
+    id: str
+    error: str
+
+
+class IndexHeader(Record):
+    """The JSON header of an index file, beside its columns."""
+
+    format: str = FORMAT
+    classes: list[str]
+    shards: list[str]  # a shard beside the index by file name, any other by URI
+    multi_label: bool
+    sources: list[IndexSource]  # where a merged or subset index came from, oldest first
+    errors: list[UnreadableVideo]
+    fingerprint: str
+
+
 @dataclass(frozen=True)
 class Video:
     """One video of an index, as plain values (for listing and tests; hot paths use the columns)."""
@@ -102,9 +161,8 @@ class DatasetIndex:
     columns: dict[str, np.ndarray]
     multi_label: bool = False
     # Where a merged or subset index came from, with its label mapping.
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    # Videos that could not be read when the dataset was made, as {"id", "error"}: reported, never dropped.
-    errors: list[dict[str, str]] = field(default_factory=list)
+    sources: list[IndexSource] = field(default_factory=list)
+    errors: list[UnreadableVideo] = field(default_factory=list)
     fingerprint: str = ""
 
     def __post_init__(self) -> None:
@@ -244,21 +302,27 @@ def load_index(uri: str) -> DatasetIndex:
         raise DatasetError(f"{uri}: no dataset index (create the dataset first, e.g. `mega3d data synth`)")
     try:
         with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as arrays:
-            header = json.loads(arrays["header"].tobytes())
+            data = json.loads(arrays["header"].tobytes())
             columns = {name: arrays[name] for name in COLUMNS}
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise DatasetError(f"{uri}: not a mega3d dataset index ({error})") from None
-    if header.get("format") != FORMAT:
-        raise DatasetError(f"{uri}: format is {header.get('format')!r}, expected {FORMAT!r}")
+    # The format decides how the rest is laid out: an index of another version is refused for that, before
+    # its fields are looked at.
+    if isinstance(data, dict) and data.get("format") != FORMAT:
+        raise DatasetError(f"{uri}: format is {data.get('format')!r}, expected {FORMAT!r}")
+    try:
+        header = IndexHeader.parse(data, "header")
+    except RecordError as error:
+        raise DatasetError(f"{uri}: not a mega3d dataset index ({error})") from None
     base = storage.parent(storage.local_absolute(uri))
     return DatasetIndex(
-        classes=list(header["classes"]),
-        shards=[storage.resolve(base, shard) for shard in header["shards"]],
+        classes=header.classes,
+        shards=[storage.resolve(base, shard) for shard in header.shards],
         columns=columns,
-        multi_label=bool(header["multi_label"]),
-        sources=list(header["sources"]),
-        errors=list(header["errors"]),
-        fingerprint=header["fingerprint"],
+        multi_label=header.multi_label,
+        sources=header.sources,
+        errors=header.errors,
+        fingerprint=header.fingerprint,
     )
 
 
@@ -270,43 +334,45 @@ def json_array(value: Any) -> np.ndarray:
 def save_index(uri: str, index: DatasetIndex) -> None:
     """Write an index in one piece; shards beside it are recorded by name, others by URI."""
     base = storage.parent(storage.local_absolute(uri))
-    header = {
-        "format": FORMAT,
-        "classes": index.classes,
-        "shards": [
+    header = IndexHeader(
+        classes=index.classes,
+        shards=[
             posixpath.basename(shard) if storage.parent(shard) == base else shard for shard in index.shards
         ],
-        "multi_label": index.multi_label,
-        "sources": index.sources,
-        "errors": index.errors,
-        "fingerprint": index.fingerprint,
-    }
-    arrays: dict[str, Any] = {"header": json_array(header), **index.columns}
+        multi_label=index.multi_label,
+        sources=index.sources,
+        errors=index.errors,
+        fingerprint=index.fingerprint,
+    )
+    arrays: dict[str, Any] = {"header": json_array(header.to_json()), **index.columns}
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     storage.write_bytes(uri, buffer.getvalue())
 
 
-def merge(parts: list[tuple[str, DatasetIndex]]) -> DatasetIndex:
+def merge(parts: list[tuple[str, DatasetIndex]], uris: Sequence[str] | None = None) -> DatasetIndex:
     """Concatenate label spaces (class names become `<dataset>/<class>`), sharing the shards. Dataset names
-    must differ, and so must video ids: a video in two datasets would be trained and evaluated twice."""
+    must differ, and so must video ids: a video in two datasets would be trained and evaluated twice.
+    `uris`, where the parts were loaded from, are recorded in the merge's sources."""
     names = [name for name, _ in parts]
     if len(set(names)) != len(names):
         raise DatasetError(f"two datasets are named {sorted(n for n in names if names.count(n) > 1)[0]!r}")
     classes: list[str] = []
     shards: list[str] = []
-    sources: list[dict[str, Any]] = []
+    sources: list[IndexSource] = []
     label_offsets, shard_offsets = [], []
-    for name, index in parts:
+    part_uris: Sequence[str | None] = [None] * len(parts) if uris is None else uris
+    for (name, index), uri in zip(parts, part_uris, strict=True):
         label_offsets.append(len(classes))
         shard_offsets.append(len(shards))
         sources.append(
-            {
-                "name": name,
-                "classes": len(index.classes),
-                "label_offset": len(classes),
-                "fingerprint": index.fingerprint,
-            }
+            MergedSource(
+                name=name,
+                classes=len(index.classes),
+                label_offset=len(classes),
+                fingerprint=index.fingerprint,
+                uri=uri,
+            )
         )
         classes += [f"{name}/{label}" for label in index.classes]
         shards += index.shards

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from mega3d.trainer.data.format import DEFAULT_SHARD_BYTES, SUBSETS, DatasetError, DatasetIndex, encode_jpeg
-from mega3d.trainer.data.writer import ShardWriter, finish, start
+from mega3d.trainer.data.writer import ShardWriter, SourcePlan, finish, start
 
 # What reading a missing or broken video raises (PyAV's errors are OSErrors or ValueErrors; h5py's missing
 # dataset a KeyError; a file without a video stream an IndexError).
@@ -381,18 +381,18 @@ def _worker(
     messages.put(("finished", ""))
 
 
-def plan_of(source: Source, options: Options) -> dict[str, Any]:
+def plan_of(source: Source, options: Options) -> SourcePlan:
     """What an ingest writes; a resumed run must have the same plan."""
     videos = hashlib.sha256(json.dumps([astuple(video) for video in source.videos]).encode()).hexdigest()
-    return {
-        "kind": source.kind,
-        "root": str(source.root.resolve()),
-        "classes": source.labels,
-        "videos": videos,
-        "short_side": options.short_side,
-        "fps": options.fps,
-        "shard_bytes": options.shard_bytes,
-    }
+    return SourcePlan(
+        kind=source.kind,
+        root=str(source.root.resolve()),
+        classes=source.labels,
+        videos=videos,
+        short_side=options.short_side,
+        fps=options.fps,
+        shard_bytes=options.shard_bytes,
+    )
 
 
 def ingest(

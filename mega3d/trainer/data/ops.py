@@ -12,15 +12,25 @@ from typing import Any
 import numpy as np
 import yaml
 
-from mega3d.trainer.data.format import SUBSETS, DatasetError, DatasetIndex
+from mega3d.trainer.data.format import (
+    SUBSETS,
+    DatasetError,
+    DatasetIndex,
+    SubsetOptions,
+    SubsetSource,
+    UnifiedClasses,
+)
 
 
-def subset(index: DatasetIndex, categories: float, instances: float, seed: int) -> DatasetIndex:
+def subset(
+    index: DatasetIndex, categories: float, instances: float, seed: int, uri: str | None = None
+) -> DatasetIndex:
     """Keep a fraction of the categories, then a fraction of each kept category's training videos.
 
     Deterministic for a seed. Evaluation videos of kept categories are all kept, so results stay comparable
-    across subsets; labels are renumbered and the mapping to the source's labels is recorded. A multi-label
-    video keeps its kept labels, and counts as an instance of the first of them.
+    across subsets; labels are renumbered and the mapping to the source's labels is recorded (with `uri`,
+    where `index` was loaded from). A multi-label video keeps its kept labels, and counts as an instance of
+    the first of them.
     """
     for name, fraction in (("categories", categories), ("instances", instances)):
         if not 0 < fraction <= 1:
@@ -39,10 +49,11 @@ def subset(index: DatasetIndex, categories: float, instances: float, seed: int) 
         if len(members):
             chosen.append(rng.choice(members, size=max(1, round(instances * len(members))), replace=False))
     rows = np.sort(np.concatenate(chosen))
-    source = {
-        "subset": {"categories": categories, "instances": instances, "seed": seed},
-        "labels": kept.tolist(),
-    }
+    source = SubsetSource(
+        subset=SubsetOptions(categories=categories, instances=instances, seed=seed),
+        labels=kept.tolist(),
+        uri=uri,
+    )
     return replace(part.select(rows, part.classes, np.arange(n_kept)), sources=[*index.sources, source])
 
 
@@ -80,7 +91,7 @@ def unify_classes(index: DatasetIndex, mapping: dict[str, list[str]], where: str
     )
     classes = list(number_of)
     fused = index.select(np.arange(len(index)), classes, relabel)
-    return replace(fused, sources=[*index.sources, {"unify": mapping}])
+    return replace(fused, sources=[*index.sources, UnifiedClasses(unify=mapping)])
 
 
 def stats(index: DatasetIndex) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Writing datasets: shards of about `shard_bytes`, resumable; the index appears only when all is done.
 
-While a dataset is being written, `<dataset>/ingest/` holds its plan and one manifest per finished shard
-(the columns of the videos in it, and the videos that could not be read). A run that is interrupted leaves
-finished shards and their manifests; the next run with the same videos skips what they hold. `finish()`
+While a dataset is being written, `<dataset>/ingest/` holds its plan (`IngestPlan`) and one manifest per
+finished shard (`ShardManifest`, beside the columns of the videos in it). A run that is interrupted leaves
+finished shards and their manifests; the next run with the same plan skips what they hold. `finish()`
 gathers the manifests into the index (in the source's order, whatever order the workers finished in),
 writes it, and removes the work files and any shard that no manifest claims (the remains of a crash).
 """
@@ -13,9 +13,10 @@ import io
 import json
 import posixpath
 import uuid
+import zipfile
 from collections.abc import Sequence
 from hashlib import blake2b
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,6 +28,7 @@ from mega3d.trainer.data.format import (
     SUBSETS,
     DatasetError,
     DatasetIndex,
+    UnreadableVideo,
     concat_columns,
     encode_jpeg,
     encode_video,
@@ -35,13 +37,86 @@ from mega3d.trainer.data.format import (
     save_index,
     take_rows,
 )
+from mega3d.trainer.records import Record
 
 WORK_DIR = "ingest"
 PLAN_FILE = "plan.json"
+MANIFEST_COLUMNS = (*COLUMNS, "order")  # `order`: each video's place in the source
 
 
 def work_dir(dataset_uri: str) -> str:
     return storage.join(dataset_uri, WORK_DIR)
+
+
+# ---- the work files ------------------------------------------------------------------------------------
+
+
+class SourcePlan(Record):
+    """What `ingest` writes a source dataset with (`mega3d.trainer.data.ingest.plan_of`)."""
+
+    kind: str
+    root: str
+    classes: list[str]
+    videos: str  # SHA-256 of the listed videos
+    short_side: int
+    fps: float
+    shard_bytes: int
+
+
+class SingleWriterPlan(Record):
+    """What a `DatasetWriter` writes: videos handed to one process, of which it knows only the classes."""
+
+    classes: list[str]
+    writer: Literal["single"] = "single"
+
+
+IngestPlan = SourcePlan | SingleWriterPlan
+
+
+def _read_plan(uri: str) -> IngestPlan:
+    try:
+        data = storage.read_json(uri)
+        kind = SingleWriterPlan if isinstance(data, dict) and "writer" in data else SourcePlan
+        return kind.parse(data, "plan")
+    except ValueError as error:  # JSON that does not decode, or a RecordError
+        raise DatasetError(
+            f"{uri}: not an ingest plan ({error}); delete {storage.parent(uri)} to start over"
+        ) from None
+
+
+class UnreadableSourceVideo(UnreadableVideo):
+    """An unreadable video as a shard manifest lists it: with its place in the source, so that the index
+    lists such videos in the source's order."""
+
+    order: int
+
+
+class ShardManifest(Record):
+    """The header of a shard's manifest, `ingest/<shard name>.npz`, beside the columns of its videos."""
+
+    shard: str | None  # the shard's file name; None when no video of it could be read
+    errors: list[UnreadableSourceVideo]
+
+    def to_json(self) -> dict[str, Any]:
+        # A manifest without a shard says so with null, as manifests always have: an ingest resumed by an
+        # earlier version reads the key.
+        data: dict[str, Any] = self.model_dump(mode="json")
+        return data
+
+
+def _read_manifest(uri: str) -> tuple[ShardManifest, dict[str, np.ndarray]]:
+    try:
+        with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as arrays:
+            header = json.loads(arrays["header"].tobytes())
+            columns = {name: arrays[name] for name in MANIFEST_COLUMNS}
+        return ShardManifest.parse(header, "header"), columns
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:  # ValueError: a RecordError too
+        raise DatasetError(
+            f"{uri}: not a shard manifest ({error}); delete it to write its videos again"
+        ) from None
+
+
+# ---- writing -------------------------------------------------------------------------------------------
 
 
 def jpeg_frames(frames: np.ndarray) -> list[bytes]:
@@ -64,8 +139,8 @@ class ShardWriter:
     def _reset(self) -> None:
         self._payload: list[bytes] = []
         self._size = 0
-        self._rows: dict[str, list[Any]] = {name: [] for name in (*COLUMNS, "order")}
-        self._errors: list[dict[str, Any]] = []
+        self._rows: dict[str, list[Any]] = {name: [] for name in MANIFEST_COLUMNS}
+        self._errors: list[UnreadableSourceVideo] = []
 
     def add(
         self,
@@ -113,7 +188,7 @@ class ShardWriter:
             self.flush()
 
     def add_error(self, order: int, video_id: str, message: str) -> None:
-        self._errors.append({"order": order, "id": video_id, "error": message})
+        self._errors.append(UnreadableSourceVideo(order=order, id=video_id, error=message))
 
     def flush(self) -> None:
         """Write the pending shard, then its manifest (so a manifest always describes a whole shard)."""
@@ -136,7 +211,8 @@ class ShardWriter:
         for column, kind in COLUMNS.items():
             if column not in columns:
                 columns[column] = np.array(rows[column], dtype=kind)
-        arrays: dict[str, Any] = {"header": json_array({"shard": shard, "errors": self._errors}), **columns}
+        manifest = ShardManifest(shard=shard, errors=self._errors)
+        arrays: dict[str, Any] = {"header": json_array(manifest.to_json()), **columns}
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         storage.write_bytes(storage.join(work_dir(self.dataset_uri), f"{name}.npz"), buffer.getvalue())
@@ -144,52 +220,46 @@ class ShardWriter:
         self._reset()
 
 
-def start(dataset_uri: str, plan: dict[str, Any]) -> set[str]:
+def start(dataset_uri: str, plan: IngestPlan) -> set[str]:
     """Begin or resume writing a dataset: the ids already written (or found unreadable) by an earlier run
     with the same plan. Refuses a finished dataset, and an unfinished one of other videos."""
     if storage.exists(index_uri(dataset_uri)):
         raise DatasetError(f"{dataset_uri}: a dataset already exists there; choose another URI")
     plan_uri = storage.join(work_dir(dataset_uri), PLAN_FILE)
     if storage.exists(plan_uri):
-        if storage.read_json(plan_uri) != json.loads(json.dumps(plan)):
+        if _read_plan(plan_uri) != plan:
             raise DatasetError(
                 f"{dataset_uri}: an unfinished dataset of other videos or options is there "
                 f"({plan_uri}); choose another URI, or delete {work_dir(dataset_uri)} to start over"
             )
     else:
-        storage.write_json(plan_uri, plan)
+        plan.write(plan_uri)
     done: set[str] = set()
-    for header, columns in _manifests(dataset_uri):
+    for manifest, columns in _manifests(dataset_uri):
         done.update(video_id.decode() for video_id in columns["id"].tolist())
-        done.update(str(error["id"]) for error in header["errors"])
+        done.update(error.id for error in manifest.errors)
     return done
 
 
-def _manifests(dataset_uri: str) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
-    found = []
-    for uri in storage.list_dir(work_dir(dataset_uri)):
-        if uri.endswith(".npz"):
-            with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as arrays:
-                header = json.loads(arrays["header"].tobytes())
-                found.append((header, {name: arrays[name] for name in arrays.files if name != "header"}))
-    return found
+def _manifests(dataset_uri: str) -> list[tuple[ShardManifest, dict[str, np.ndarray]]]:
+    return [_read_manifest(uri) for uri in storage.list_dir(work_dir(dataset_uri)) if uri.endswith(".npz")]
 
 
 def finish(dataset_uri: str, classes: list[str], multi_label: bool = False) -> DatasetIndex:
     """Build and write the index from the manifests, then tidy up."""
     manifests = _manifests(dataset_uri)
-    shards = [str(header["shard"]) for header, _ in manifests if header["shard"] is not None]
+    shards = [manifest.shard for manifest, _ in manifests if manifest.shard is not None]
     parts = [
-        {**columns, "shard": np.full(len(columns["id"]), shards.index(str(header["shard"])), np.int32)}
-        if header["shard"] is not None
+        {**columns, "shard": np.full(len(columns["id"]), shards.index(manifest.shard), np.int32)}
+        if manifest.shard is not None
         else columns
-        for header, columns in manifests
+        for manifest, columns in manifests
     ]
-    errors: list[dict[str, Any]] = sorted(
-        (error for header, _ in manifests for error in header["errors"]), key=lambda error: error["order"]
+    errors = sorted(
+        (error for manifest, _ in manifests for error in manifest.errors), key=lambda error: error.order
     )
     if sum(len(columns["id"]) for columns in parts) == 0:
-        reason = f" ({errors[0]['id']}: {errors[0]['error']})" if errors else ""
+        reason = f" ({errors[0].id}: {errors[0].error})" if errors else ""
         raise DatasetError(f"{dataset_uri}: no video could be read{reason}")
     columns = concat_columns(parts, [0] * len(parts), [0] * len(parts))
     columns = take_rows(columns, np.argsort(columns.pop("order"), kind="stable"))
@@ -198,7 +268,7 @@ def finish(dataset_uri: str, classes: list[str], multi_label: bool = False) -> D
         shards=[storage.join(storage.local_absolute(dataset_uri), shard) for shard in shards],
         columns=columns,
         multi_label=multi_label,
-        errors=[{"id": str(error["id"]), "error": str(error["error"])} for error in errors],
+        errors=[UnreadableVideo(id=error.id, error=error.error) for error in errors],
     )
     save_index(index_uri(dataset_uri), index)
     for uri in storage.list_dir(dataset_uri):
@@ -213,7 +283,7 @@ class DatasetWriter:
     """Writes a whole dataset from one process: videos in, index out (synthetic data, small sources)."""
 
     def __init__(self, dataset_uri: str, classes: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
-        start(dataset_uri, {"classes": classes, "writer": "single"})
+        start(dataset_uri, SingleWriterPlan(classes=classes))
         self.classes = classes
         self.dataset_uri = dataset_uri
         self.shards = ShardWriter(dataset_uri, len(classes), shard_bytes)

@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from mega3d.trainer.data.augment import Augmentation, center_box, crop_box, crop_resize, normalize
-from mega3d.trainer.spec import CROP_POSITIONS, KINETICS_MEAN, KINETICS_STD, PAPER_SCALES
+from mega3d.trainer.data.augment import center_box, crop_box, crop_resize, normalize, sample_crop
+from mega3d.trainer.spec import CROP_POSITIONS, KINETICS_MEAN, KINETICS_STD, PAPER_SCALES, ClipSpec
 
 
 def coordinates(height: int, width: int, frames: int = 2) -> torch.Tensor:
@@ -80,13 +80,13 @@ def test_normalize_with_the_spec_statistics_and_channels_last() -> None:
 
 
 def test_sampling_draws_every_configured_scale_position_and_flip() -> None:
-    augmentation = Augmentation(scales=(1.0, 0.5), positions=("top-left", "bottom-right"))
+    clip = ClipSpec(scales=[1.0, 0.5], positions=["top-left", "bottom-right"])
     random.seed(0)
-    drawn = {augmentation.sample(240, 320) for _ in range(200)}
+    drawn = {sample_crop(clip, 240, 320) for _ in range(200)}
     assert drawn == {
         (box, flip)
         for box in [(0, 0, 240), (0, 80, 240), (0, 0, 120), (120, 200, 120)]
         for flip in (False, True)
     }
-    no_flips = Augmentation(flip=False, positions=("center",), scales=(1.0,))
-    assert {no_flips.sample(240, 320) for _ in range(20)} == {((0, 40, 240), False)}
+    no_flips = ClipSpec(flip=False, positions=["center"], scales=[1.0])
+    assert {sample_crop(no_flips, 240, 320) for _ in range(20)} == {((0, 40, 240), False)}

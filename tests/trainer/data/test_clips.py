@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mega3d.trainer.data.augment import Augmentation
 from mega3d.trainer.data.clips import EvaluationWindows, TrainingClips, clip_frames, collate_clips
 from mega3d.trainer.data.format import ClipReader, index_uri, load_index
-from mega3d.trainer.data.writer import ShardWriter, finish, jpeg_frames, start
+from mega3d.trainer.data.writer import ShardWriter, SingleWriterPlan, finish, jpeg_frames, start
 from mega3d.trainer.evaluate import RankShare
+from mega3d.trainer.spec import ClipSpec
 
 
 def test_short_videos_are_looped(tiny_dataset: str) -> None:
@@ -23,7 +23,7 @@ def test_short_videos_are_looped(tiny_dataset: str) -> None:
 
 def test_training_clips_and_evaluation_windows(tiny_dataset: str) -> None:
     index = load_index(index_uri(tiny_dataset))
-    clips = TrainingClips(index, "training", frames=4, augmentation=Augmentation(size=16))
+    clips = TrainingClips(index, "training", ClipSpec(frames=4, size=16))
     clip, flip, label, skipped = clips[0]
     assert clip.shape == (4, 16, 16, 3) and clip.dtype == torch.uint8 and isinstance(flip, bool)
     assert label == index.video(int(clips.rows[0])).label and skipped == 0
@@ -60,12 +60,12 @@ def test_ranks_and_workers_read_every_window_once(tiny_dataset: str) -> None:
 
 def test_multi_label_targets_are_multi_hot(tmp_path: Path) -> None:
     uri = str(tmp_path / "tags")
-    start(uri, {"test": 1})
+    start(uri, SingleWriterPlan(classes=["a", "b", "c", "d"]))
     writer = ShardWriter(uri, n_classes=4)
     frames = np.zeros((6, 20, 20, 3), dtype=np.uint8)
     for order, labels in enumerate(([0, 2], [3])):
         writer.add(order, f"v{order}", labels, "training", jpeg_frames(frames), 20, 20, 30.0)
     writer.flush()
     index = finish(uri, ["a", "b", "c", "d"], multi_label=True)
-    clips = TrainingClips(index, "training", frames=4, augmentation=Augmentation(size=16))
+    clips = TrainingClips(index, "training", ClipSpec(frames=4, size=16))
     assert clips[0][2].tolist() == [1.0, 0.0, 1.0, 0.0] and clips[1][2].tolist() == [0.0, 0.0, 0.0, 1.0]

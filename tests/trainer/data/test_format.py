@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,10 @@ from mega3d.trainer.data.format import (
     CorruptVideo,
     DatasetError,
     DatasetIndex,
+    MergedSource,
+    SubsetSource,
+    UnifiedClasses,
+    UnreadableVideo,
     decode_jpeg,
     encode_jpeg,
     index_uri,
@@ -18,7 +24,14 @@ from mega3d.trainer.data.format import (
     merge,
     save_index,
 )
-from mega3d.trainer.data.writer import DatasetWriter, ShardWriter, finish, jpeg_frames, start
+from mega3d.trainer.data.writer import (
+    DatasetWriter,
+    ShardWriter,
+    SingleWriterPlan,
+    finish,
+    jpeg_frames,
+    start,
+)
 
 
 def video(seed: int, frames: int = 5, height: int = 24, width: int = 32) -> np.ndarray:
@@ -144,8 +157,8 @@ def test_merge_concatenates_label_spaces_and_shares_shards(tmp_path: Path) -> No
     assert merged.classes == ["k/run", "k/jump", "m/swim"]
     assert merged.single_labels().tolist() == [0, 1, 0, 1, 2, 2, 2]
     assert merged.video(4).id == "m0"
-    assert [s["label_offset"] for s in merged.sources] == [0, 2]
-    assert [s["fingerprint"] for s in merged.sources] == [a.fingerprint, b.fingerprint]
+    assert [s.label_offset for s in merged.sources] == [0, 2]
+    assert [s.fingerprint for s in merged.sources] == [a.fingerprint, b.fingerprint]
 
     # The merged index lives elsewhere and points at the original shards: nothing is copied.
     target = str(tmp_path / "elsewhere" / "index.npz")
@@ -172,7 +185,7 @@ def test_the_fingerprint_follows_the_content_not_the_place(tmp_path: Path) -> No
 
 def test_multi_label_videos_and_selection(tmp_path: Path) -> None:
     uri = str(tmp_path / "tags")
-    start(uri, {"test": 1})
+    start(uri, SingleWriterPlan(classes=["a", "b", "c"]))
     writer = ShardWriter(uri, n_classes=3)
     for order, labels in enumerate(([0, 2], [1], [2, 1, 0])):
         writer.add(order, f"v{order}", labels, "training", jpeg_frames(video(order)), 24, 32, 30.0)
@@ -241,3 +254,147 @@ def test_an_index_of_many_videos_is_columns(tmp_path: Path) -> None:
     assert len(loaded) == n and loaded.video(n - 1).id == f"video-{n - 1}"
     assert loaded.columns["key"][loaded.columns["key_start"][n - 1] + 2] == 32_000
     assert loaded.fingerprint == index.fingerprint
+
+
+def small_columns(n: int) -> dict[str, np.ndarray]:
+    """The columns of n made-up videos, 5 frames each, in shard 0."""
+    return {
+        "id": np.char.add(b"v", np.arange(n).astype("S")),
+        "label_start": np.arange(n + 1, dtype=np.int64),
+        "label": (np.arange(n) % 2).astype(np.int32),
+        "key_start": np.arange(n + 1, dtype=np.int64),
+        "key": np.zeros(n, dtype=np.uint32),
+        "split": (np.arange(n) % 2).astype(np.uint8),
+        "shard": np.zeros(n, dtype=np.int32),
+        "offset": np.arange(n, dtype=np.int64) * 100,
+        "length": np.full(n, 100, dtype=np.int64),
+        "frames": np.full(n, 5, dtype=np.int32),
+        "height": np.full(n, 8, dtype=np.int32),
+        "width": np.full(n, 8, dtype=np.int32),
+        "fps": np.full(n, 30, dtype=np.float32),
+        "digest": np.arange(n * 16, dtype=np.uint8).reshape(n, 16),
+    }
+
+
+def write_with_header(path: Path, header: dict[str, object], columns: dict[str, np.ndarray]) -> None:
+    """An index or manifest file as mega3d has always laid them out: a sorted-key JSON header beside the
+    columns."""
+    np.savez(path, header=np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8), **columns)
+
+
+def header_bytes(path: Path) -> bytes:
+    with np.load(path) as arrays:
+        return bytes(arrays["header"].tobytes())
+
+
+def test_an_index_file_of_earlier_versions_loads_and_saves_unchanged(tmp_path: Path) -> None:
+    fingerprint = "0757371cecabb3ea0c18390cff39835e"  # as the code before typed headers hashed these videos
+    header = {
+        "format": "mega3d-video/2",
+        "classes": ["k/run", "k/jump"],
+        "shards": ["shard-a.bin", "gs://bucket/other/shard-b.bin"],
+        "multi_label": False,
+        "sources": [
+            {"name": "k", "classes": 3, "label_offset": 0, "fingerprint": "f" * 32, "uri": "gs://bucket/k"},
+            {"unify": {"k/run": ["k/run", "k/sprint"]}},
+            {"subset": {"categories": 0.5, "instances": 1.0, "seed": 3}, "labels": [0, 2], "uri": "merged"},
+        ],
+        "errors": [{"id": "gone", "error": "No such file"}],
+        "fingerprint": fingerprint,
+    }
+    write_with_header(tmp_path / "index.npz", header, small_columns(4))
+    index = load_index(str(tmp_path / "index.npz"))
+    assert index.fingerprint == fingerprint
+    assert DatasetIndex(index.classes, index.shards, index.columns).fingerprint == fingerprint  # recomputed
+    assert index.shards == [str(tmp_path / "shard-a.bin"), "gs://bucket/other/shard-b.bin"]
+    merged, unified, part = index.sources
+    assert isinstance(merged, MergedSource) and (merged.name, merged.classes, merged.uri) == (
+        "k",
+        3,
+        "gs://bucket/k",
+    )
+    assert isinstance(unified, UnifiedClasses) and unified.unify == {"k/run": ["k/run", "k/sprint"]}
+    assert isinstance(part, SubsetSource) and (part.subset.seed, part.labels, part.uri) == (
+        3,
+        [0, 2],
+        "merged",
+    )
+    assert index.errors == [UnreadableVideo(id="gone", error="No such file")]
+    save_index(str(tmp_path / "again.npz"), index)
+    assert header_bytes(tmp_path / "again.npz") == header_bytes(tmp_path / "index.npz")
+
+
+def test_malformed_index_headers_are_clear_errors(tmp_path: Path) -> None:
+    header = {
+        "format": "mega3d-video/2",
+        "classes": ["a", "b"],
+        "shards": ["s.bin"],
+        "multi_label": False,
+        "sources": [],
+        "fingerprint": "x",
+    }
+    path = tmp_path / "index.npz"
+    write_with_header(path, header, small_columns(2))
+    with pytest.raises(
+        DatasetError,
+        match=re.escape(f"{path}: not a mega3d dataset index (header: errors: required field is missing)"),
+    ):
+        load_index(str(path))
+    write_with_header(path, {**header, "format": "mega3d-video/1", "classes": 2}, small_columns(2))
+    with pytest.raises(
+        DatasetError, match=re.escape(f"{path}: format is 'mega3d-video/1', expected 'mega3d-video/2'")
+    ):
+        load_index(str(path))
+
+
+def test_an_unfinished_datasets_work_files_are_checked(tmp_path: Path) -> None:
+    uri, plan = str(tmp_path / "ds"), SingleWriterPlan(classes=["a"])
+    start(uri, plan)
+    writer = ShardWriter(uri, n_classes=1)
+    writer.add(0, "v0", [0], "training", jpeg_frames(video(0)), 24, 32, 30.0)
+    writer.add_error(1, "v1", "gone")
+    writer.flush()
+    writer.add_error(2, "v2", "gone too")
+    writer.flush()
+    work = tmp_path / "ds" / "ingest"
+    assert json.loads((work / "plan.json").read_text()) == {"classes": ["a"], "writer": "single"}
+    first, second = sorted(work.glob("shard-*.npz"))
+    assert json.loads(header_bytes(first)) == {
+        "shard": f"{first.stem}.bin",
+        "errors": [{"order": 1, "id": "v1", "error": "gone"}],
+    }
+    assert json.loads(header_bytes(second)) == {
+        "shard": None,
+        "errors": [{"order": 2, "id": "v2", "error": "gone too"}],
+    }
+    assert start(uri, plan) == {"v0", "v1", "v2"}
+    with pytest.raises(DatasetError, match="an unfinished dataset of other videos or options is there"):
+        start(uri, SingleWriterPlan(classes=["b"]))
+
+    with np.load(second) as arrays:
+        columns = {name: arrays[name] for name in arrays.files if name != "header"}
+    write_with_header(second, {"shard": None, "errors": [{"id": "v2", "error": "gone too"}]}, columns)
+    with pytest.raises(
+        DatasetError,
+        match=re.escape(
+            f"{second}: not a shard manifest (header: errors[0].order: required field is missing); "
+            "delete it to write its videos again"
+        ),
+    ):
+        start(uri, plan)
+    second.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DatasetError, match=re.escape(f"{second}: not a shard manifest (")):
+        finish(uri, ["a"])
+    second.unlink()
+    (work / "plan.json").write_text('{"writer": "single"}')
+    with pytest.raises(
+        DatasetError,
+        match=re.escape(
+            f"{work / 'plan.json'}: not an ingest plan (plan: classes: required field is missing); "
+            f"delete {work} to start over"
+        ),
+    ):
+        start(uri, plan)
+    (work / "plan.json").write_text("{")
+    with pytest.raises(DatasetError, match=re.escape(f"{work / 'plan.json'}: not an ingest plan (")):
+        start(uri, plan)

@@ -44,7 +44,7 @@ def test_import_converts_a_reference_checkpoint(tmp_path: Path) -> None:
     )
     # A tiny width keeps this quick; the command has no flag for width (published files are full width),
     # so this calls the function behind it.
-    from mega3d.trainer.models.__main__ import import_reference
+    from mega3d.trainer.convert import import_reference
 
     output = tmp_path / "imported.pt"
     message = import_reference(str(source), str(output), None, {"widen_factor": 0.0625})

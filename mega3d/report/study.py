@@ -17,7 +17,8 @@ runs, `write_report` writes them out:
 Each row's `pretrain` columns are the pretraining stage's accuracy on its own validation split, which differs
 from row to row with the pretraining data; the categories and instances figures therefore leave them out (a
 subset's validation split holds only the kept categories), while the depth figure keeps them (one line per
-pretraining data). A metrics file that is not there yet is a gap, not an error.
+pretraining data). A metrics file that is not there yet is a gap, not an error; one that is there is read
+as `mega3d.trainer.records.Scores`, and one that is not such a record is a StudyError naming it.
 """
 
 from __future__ import annotations
@@ -33,14 +34,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from mega3d.trainer import layout, storage
-from mega3d.trainer.spec import PRETRAIN, Branch, ExperimentSpec, SpecError, is_checkpoint_uri, spec_from_json
+from mega3d.trainer.records import RecordError, Scores
+from mega3d.trainer.spec import (
+    PRETRAIN,
+    SCRATCH,
+    Branch,
+    ExperimentSpec,
+    SpecError,
+    is_checkpoint_uri,
+    spec_from_json,
+)
 
-SCRATCH = "scratch"
 GAP_MARKDOWN = "\u2013"  # an en dash, as tables in papers mark a gap
-SHOWN_CLASSES = 20  # Fig. 5: the best and the worst classes
+SHOWN_CLASSES = 20  # Fig. 5, and the Kubeflow UI's class tables (mega3d.pipelines.reports): best and worst
 METRICS = ("clip", "top-1", "top-5")
 MEAN_AP = "mAP"
 
@@ -66,26 +75,6 @@ class StudyError(ValueError):
 
 
 @dataclass(frozen=True)
-class Evaluation:
-    """One target's accuracies (fractions; None when the file lacks them) and its per-class figures."""
-
-    clip: float | None
-    top1: float | None
-    top5: float | None
-    mean_ap: float | None  # multi-label targets only
-    per_class: dict[str, float]  # video top-1 accuracy per class, or average precision (multi-label)
-
-    def value(self, metric: str) -> float | None:
-        """A table column's value: `clip`, `top-1`, `top-5` or `mAP`."""
-        return {"clip": self.clip, "top-1": self.top1, "top-5": self.top5, MEAN_AP: self.mean_ap}[metric]
-
-    @property
-    def headline(self) -> float | None:
-        """What "best" means for this target: mAP for multi-label targets, else video top-1."""
-        return self.mean_ap if self.mean_ap is not None else self.top1
-
-
-@dataclass(frozen=True)
 class Row:
     """The results of one branch of one run: a row of the table."""
 
@@ -95,7 +84,7 @@ class Row:
     category_fraction: float
     instance_fraction: float
     architecture: str  # e.g. r3d-50
-    evaluations: dict[str, Evaluation]  # target (`pretrain` or a fine-tune stage) -> its evaluation
+    evaluations: dict[str, Scores]  # target (`pretrain` or a fine-tune stage) -> its scores
 
     @property
     def family(self) -> str:
@@ -168,34 +157,11 @@ def run_root_problem(root: str) -> str | None:
     return None
 
 
-def _number(metrics: dict[str, Any], key: str, uri: str) -> float | None:
-    value = metrics.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise StudyError(f"{uri}: {key} is not a number (got {value!r:.40})")
-    return float(value)
-
-
-def read_evaluation(uri: str) -> Evaluation:
+def read_scores(uri: str) -> Scores:
     try:
-        metrics = storage.read_json(uri)
-    except ValueError as error:  # a file that is there but not JSON: name it
-        raise StudyError(f"{uri}: not JSON ({error})") from None
-    if not isinstance(metrics, dict):
-        raise StudyError(f"{uri}: not a JSON object")
-    per_class = metrics.get("per_class_ap", metrics.get("per_class_accuracy", {}))
-    if not isinstance(per_class, dict):
-        raise StudyError(f"{uri}: the per-class figures are not an object of class name -> value")
-    return Evaluation(
-        clip=_number(metrics, "clip_accuracy", uri),
-        top1=_number(metrics, "video_top1", uri),
-        top5=_number(metrics, "video_top5", uri),
-        mean_ap=_number(metrics, "mAP", uri),
-        per_class={
-            str(name): value for name in per_class if (value := _number(per_class, name, uri)) is not None
-        },
-    )
+        return Scores.read(uri)
+    except RecordError as error:  # it names the file; the report's errors are StudyErrors
+        raise StudyError(str(error)) from None
 
 
 def _metrics_files(spec: ExperimentSpec, branch: Branch, branch_dir: str) -> dict[str, str]:
@@ -227,7 +193,7 @@ def read_run(root: str) -> RunResults:
         evaluations = {}
         for target, uri in _metrics_files(spec, branch, branch_dir).items():
             if storage.exists(uri):
-                evaluations[target] = read_evaluation(uri)
+                evaluations[target] = read_scores(uri)
             else:
                 missing.append(uri)
         if evaluations:
@@ -280,10 +246,18 @@ def build_report(runs: list[RunResults]) -> Report:
 
 
 def _metrics_of(report: Report, target: str) -> list[str]:
-    multi_label = any(
-        row.evaluations[target].mean_ap is not None for row in report.rows if target in row.evaluations
-    )
+    multi_label = any(row.evaluations[target].multi_label for row in report.rows if target in row.evaluations)
     return [*METRICS, *([MEAN_AP] if multi_label else [])]
+
+
+def _metric_value(scores: Scores, metric: str) -> float | None:
+    """A table column's value: `clip`, `top-1`, `top-5` or `mAP`."""
+    return {
+        "clip": scores.clip_accuracy,
+        "top-1": scores.video_top1,
+        "top-5": scores.video_top5,
+        MEAN_AP: scores.mAP,
+    }[metric]
 
 
 def table_header(report: Report) -> list[str]:
@@ -304,9 +278,9 @@ def table_rows(report: Report) -> list[list[str | None]]:
     for row in report.rows:
         cells: list[str | None] = [row.label, row.architecture]
         for target in report.targets:
-            evaluation = row.evaluations.get(target)
+            scores = row.evaluations.get(target)
             cells += [
-                _percent(evaluation.value(metric)) if evaluation else None
+                _percent(_metric_value(scores, metric)) if scores else None
                 for metric in _metrics_of(report, target)
             ]
         rows.append([*cells, row.run])
@@ -360,10 +334,10 @@ def _lines(points: Iterable[tuple[str, float, float]]) -> Series:
 def depth_series(report: Report) -> Series:
     """Fig. 1/4: a line per (family, pretraining, target) over depths."""
     return _lines(
-        (f"{target}: {row.family}, {row.label}", row.depth, 100 * evaluation.top1)
+        (f"{target}: {row.family}, {row.label}", row.depth, 100 * scores.video_top1)
         for row in report.rows
-        for target, evaluation in row.evaluations.items()
-        if evaluation.top1 is not None
+        for target, scores in row.evaluations.items()
+        if scores.video_top1 is not None
     )
 
 
@@ -385,11 +359,11 @@ def fraction_series(report: Report, axis: Literal["categories", "instances"]) ->
             target,
             context(row),
             100 * (row.category_fraction if axis == "categories" else row.instance_fraction),
-            100 * evaluation.top1,
+            100 * scores.video_top1,
         )
         for row in report.rows
-        for target, evaluation in row.evaluations.items()
-        if target != PRETRAIN and evaluation.top1 is not None
+        for target, scores in row.evaluations.items()
+        if target != PRETRAIN and scores.video_top1 is not None
     ]
     several = len({point[1] for point in points}) > 1
     return _lines((f"{target}: {where}" if several else target, x, y) for target, where, x, y in points)
@@ -437,18 +411,17 @@ def shown_classes(per_class: dict[str, float], shown: int = SHOWN_CLASSES) -> li
 def _class_figure(row: Row, target: str, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    evaluation = row.evaluations[target]
-    what = "average precision" if evaluation.mean_ap is not None else "video top-1 accuracy"
-    classes = shown_classes(evaluation.per_class)
+    scores = row.evaluations[target]
+    classes = shown_classes(scores.per_class)
     figure = Figure(figsize=class_figure_size(len(classes)), dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
-    truncated = len(classes) < len(evaluation.per_class)
+    truncated = len(classes) < len(scores.per_class)
     colours = ["tab:blue" if i < SHOWN_CLASSES or not truncated else "tab:red" for i in range(len(classes))]
     axes.barh(range(len(classes)), [100 * value for _, value in classes], color=colours)
     axes.set_yticks(range(len(classes)), [name for name, _ in classes], fontsize="small")
     axes.invert_yaxis()  # best at the top
     if truncated:
-        hidden = len(evaluation.per_class) - len(classes)
+        hidden = len(scores.per_class) - len(classes)
         axes.axhline(SHOWN_CLASSES - 0.5, color="grey", linestyle="--")
         axes.text(
             100,
@@ -458,7 +431,7 @@ def _class_figure(row: Row, target: str, path: Path) -> None:
             va="bottom",
             fontsize="small",
         )
-    axes.set(xlim=(0, 100), xlabel=f"{what} (%)")
+    axes.set(xlim=(0, 100), xlabel=f"{scores.per_class_measure} (%)")
     which = f"top and bottom {SHOWN_CLASSES}" if truncated else f"all {len(classes)}"
     axes.set_title(f"{target}: {which} classes\n{row.label} / {row.architecture} (run {row.run})")
     figure.savefig(path, dpi=DPI)

@@ -1,4 +1,7 @@
-"""The GCS JSON API on a loopback port (gcp-storage-emulator, in memory), for tests and benchmarks."""
+"""What the tests and the benchmarks share (as numpy.testing): the GCS JSON API on a loopback port.
+
+It lives in the package rather than in tests/ so that bench/ does not depend on the test suite; mega3d itself
+never imports it. The emulator is gcp-storage-emulator of the `dev` extra, started as a process."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@ list, read, wait for and cancel runs; list, pause, resume and delete recurring r
 
 Whatever a user can get wrong or fix (an unreachable host, missing or rejected credentials, an unknown id)
 ends as a ClusterError of one line that says so. kfp's own chatter (prints of links, warnings, logged
-retries) is kept from the user, who gets mega3d's lines instead.
+retries) is kept from the user, who gets mega3d's lines instead. kfp is imported here at the top: the
+cluster commands (mega3d.cli.cluster) import this module when they run, so that `mega3d --help` stays quick.
 """
 
 from __future__ import annotations
