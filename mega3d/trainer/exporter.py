@@ -4,9 +4,13 @@ Every rank serves its own registry over HTTP (prometheus_client) on `MEGA3D_METR
 rank: on a cluster each pod has its own address, so the ranks of a node differ by port. With
 `MEGA3D_METRICS_ONE_HOST` (local runs, where every "node" shares this machine) it is + the global rank
 instead, and a port that another job holds moves up by the world size (see mega3d.trainer.environment).
-Every series carries the labels experiment, stage, node (torchrun's group rank) and rank. At the end of
-a stage the final values go to the Pushgateway at `MEGA3D_PUSHGATEWAY`, when set, grouped by those labels
-and the phase (train, evaluate) under the job `mega3d-final`.
+Every series carries the labels experiment, branch (the sweep branch, empty without a sweep), run (the run
+id), stage, node (torchrun's group rank) and rank: the launcher sets `MEGA3D_BRANCH` and `MEGA3D_RUN`, so
+that the branches of a sweep and the successive runs of one experiment are series of their own. At the end
+of a stage the final values go to the Pushgateway at `MEGA3D_PUSHGATEWAY`, when set, grouped by those labels
+and the phase (train, evaluate) under the job `mega3d-final`: one group per branch, run, stage, rank and
+phase, so that no branch's or run's push replaces another's. An empty branch is a valid grouping-key value
+(prometheus_client sends it as `branch@base64/=`).
 
     mega3d_steps_total, mega3d_clips_total, mega3d_unreadable_videos_total          counters
     mega3d_loss, mega3d_learning_rate, mega3d_epoch, mega3d_start_time_seconds      gauges
@@ -29,7 +33,7 @@ from prometheus_client.exposition import start_http_server
 
 from mega3d.trainer import environment
 
-LABELS = ("experiment", "stage", "node", "rank")
+LABELS = ("experiment", "branch", "run", "stage", "node", "rank")
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 PORT_ATTEMPTS = 16
 # The Pushgateway's job label: final values of finished stages, apart from the live series of running ranks
@@ -64,9 +68,21 @@ def mega3d_version() -> str:
 
 
 class Exporter:
-    def __init__(self, experiment: str, stage: str, rank: int, world_size: int, endpoints: Endpoints) -> None:
+    def __init__(
+        self,
+        experiment: str,
+        stage: str,
+        rank: int,
+        world_size: int,
+        endpoints: Endpoints,
+        *,
+        branch: str,
+        run: str,
+    ) -> None:
         self.labels = {
             "experiment": experiment,
+            "branch": branch,
+            "run": run,
             "stage": stage,
             "node": os.environ.get("GROUP_RANK", "0"),
             "rank": str(rank),

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from mega3d.trainer import storage
+from mega3d.trainer import environment, storage
 from mega3d.trainer.checkpoint import CheckpointHeader, TrainingState, load_checkpoint
 from mega3d.trainer.data.augment import normalize
 from mega3d.trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
@@ -115,7 +115,14 @@ class Trainer:
         self.index: DatasetIndex = load_index(job.data_index)
         self.classes = self.index.classes
         self.exporter = Exporter(
-            job.experiment, job.stage, self.rank.rank, self.rank.world_size, Endpoints.from_environment()
+            job.experiment,
+            job.stage,
+            self.rank.rank,
+            self.rank.world_size,
+            Endpoints.from_environment(),
+            # The launcher's labels; a stage started by hand (no launcher) is a run without an id.
+            branch=os.environ.get(environment.BRANCH, ""),
+            run=os.environ.get(environment.RUN, ""),
         )
         self.exporter.describe(job.model.name, self.index.fingerprint)
         self.unreadable = 0

@@ -23,8 +23,9 @@ BASE = ROOT / "k8s" / "base"
 RULES = BASE / "prometheusrule.yaml"
 DASHBOARD = BASE / "grafana" / "mega3d-dashboard.json"
 
-# What the trainer exports (every series labelled experiment, stage, node, rank), under the names a scrape
-# sees: counters end in _total, histograms are _bucket, _sum and _count series, the info metric ends in _info.
+# What the trainer exports (every series labelled experiment, branch, run, stage, node, rank), under the names
+# a scrape sees: counters end in _total, histograms are _bucket, _sum and _count series, the info metric ends
+# in _info.
 COUNTERS = {"mega3d_steps_total", "mega3d_clips_total", "mega3d_unreadable_videos_total"}
 GAUGES = {
     "mega3d_loss",
@@ -72,6 +73,14 @@ def metric_names(expr: str) -> set[str]:
         if not call and word.lower() not in PROMQL_KEYWORDS:
             names.add(word)
     return names
+
+
+def grouping_labels(expr: str) -> list[set[str]]:
+    """The label lists of an expression's by (...) and on (...) clauses."""
+    return [
+        {label.strip() for label in match.group(1).split(",") if label.strip()}
+        for match in re.finditer(r"\b(?:by|on)\s*\(([^)]*)\)", expr)
+    ]
 
 
 def rule_groups() -> list[dict[str, Any]]:
@@ -124,6 +133,26 @@ def test_the_alerts_use_only_exported_metrics() -> None:
         assert used <= EXPORTED, f"{name}: {sorted(used - EXPORTED)}"
 
 
+def test_grouping_labels_are_read_from_promql() -> None:
+    expr = "max by (namespace, experiment) (x) and on(stage) sum by(rank)(y) / sum(z)"
+    assert grouping_labels(expr) == [{"namespace", "experiment"}, {"stage"}, {"rank"}]
+
+
+def aggregations_that_mix_branches_or_runs(expr: str) -> list[set[str]]:
+    """The groupings that keep an experiment or a stage apart but not its branches and runs."""
+    return [
+        labels
+        for labels in grouping_labels(expr)
+        if labels & {"experiment", "stage"} and not {"branch", "run"} <= labels
+    ]
+
+
+def test_the_alerts_keep_branches_and_runs_apart() -> None:
+    for name, rule in alert_rules().items():
+        assert aggregations_that_mix_branches_or_runs(rule["expr"]) == [], name
+    assert aggregations_that_mix_branches_or_runs("max by (namespace, experiment, stage) (x)")
+
+
 def test_the_metric_check_catches_unknown_names() -> None:
     for expr in ("up == 0", "rate(mega3d_step_seconds[5m])", "mega3d_loss_total", "mega3d_steps"):
         assert not metric_names(expr) <= EXPORTED, expr
@@ -165,9 +194,20 @@ def test_promtool_refuses_a_broken_rule(promtool: str, tmp_path: Path) -> None:
 
 
 def expand(template: str, labels: dict[str, str], value: str) -> str:
-    """A Prometheus annotation template with the alert's labels and (already formatted) value filled in."""
+    """A Prometheus annotation template with the alert's labels and (already formatted) value filled in: the
+    Go template actions the rules use, `{{-` trimming the space before it, and a `with` block on a label
+    (empty without that label) in which `{{ . }}` is the label's value."""
+    template = re.sub(r"\s*\{\{-", "{{", template)
+
+    def with_label(match: re.Match[str]) -> str:
+        label = labels.get(match.group(1), "")
+        return re.sub(r"\{\{\s*\.\s*\}\}", label, match.group(2)) if label else ""
+
+    template = re.sub(
+        r"\{\{\s*with\s+\$labels\.(\w+)\s*\}\}(.*?)\{\{\s*end\s*\}\}", with_label, template, flags=re.S
+    )
     template = re.sub(r"\{\{\s*\$value(\s*\|\s*humanizePercentage)?\s*\}\}", value, template)
-    return re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels[m.group(1)], template)
+    return re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
 
 
 def series(name: str, values: str, **labels: str) -> dict[str, str]:
@@ -175,20 +215,41 @@ def series(name: str, values: str, **labels: str) -> dict[str, str]:
     return {"series": f"{name}{{{inner}}}", "values": values}
 
 
-JOB = {"namespace": "vision", "stage": "pretrain"}
+# The exporter's labels of a run without a sweep: its branch is empty.
+JOB = {"namespace": "vision", "stage": "pretrain", "branch": "", "run": "r1"}
 
 
 def stalled_young_and_healthy_jobs() -> list[dict[str, str]]:
-    """Minute by minute: `stalled` steps for 15 minutes then stops (two ranks); `young` started at minute 20
-    and has not stepped yet (still loading); `healthy` steps throughout. All processes of stalled and
-    healthy started at minute 0."""
+    """Minute by minute: branch `lr-0.1` of `stalled` steps for 15 minutes then stops (two ranks), while
+    branch `lr-0.01` of the same experiment and run steps throughout; `young` started at minute 20 and has
+    not stepped yet (still loading); `healthy` steps throughout. All processes of stalled and healthy
+    started at minute 0."""
     out = []
     for rank in ("0", "1"):
-        job = {**JOB, "experiment": "stalled", "node": rank, "rank": rank, "instance": f"10.0.0.{rank}:9400"}
+        job = {
+            **JOB,
+            "experiment": "stalled",
+            "branch": "lr-0.1",
+            "node": rank,
+            "rank": rank,
+            "instance": f"10.0.0.{rank}:9400",
+        }
         out += [
             series("mega3d_steps_total", "0+10x15 150x40", **job),
             series("mega3d_start_time_seconds", "0x55", **job),
         ]
+    other_branch = {
+        **JOB,
+        "experiment": "stalled",
+        "branch": "lr-0.01",
+        "node": "0",
+        "rank": "0",
+        "instance": "10.0.3.0:9400",
+    }
+    out += [
+        series("mega3d_steps_total", "0+10x55", **other_branch),
+        series("mega3d_start_time_seconds", "0x55", **other_branch),
+    ]
     young = {**JOB, "experiment": "young", "node": "0", "rank": "0", "instance": "10.0.1.0:9400"}
     out += [
         series("mega3d_steps_total", "_x20 0x35", **young),
@@ -203,7 +264,7 @@ def stalled_young_and_healthy_jobs() -> list[dict[str, str]]:
 
 
 def diverging_rank() -> list[dict[str, str]]:
-    job = {**JOB, "experiment": "k700", "node": "1"}
+    job = {**JOB, "experiment": "k700", "branch": "lr-0.1", "node": "1"}
     return [
         series("mega3d_loss", "2.3 2.1 NaN NaN", **job, rank="9"),
         series("mega3d_loss", "2.3 2.2 2.0 1.9", **job, rank="8"),
@@ -211,10 +272,17 @@ def diverging_rank() -> list[dict[str, str]]:
 
 
 def starved_rank() -> list[dict[str, str]]:
-    """Rank 0 waits 36 of every 60 seconds of its steps for data, rank 1 only 6."""
+    """In branch `workers-2`, rank 0 waits 36 of every 60 seconds of its steps for data, rank 1 only 6; in
+    branch `workers-8` of the same experiment and run, both ranks wait 6."""
     out = []
-    for rank, wait in (("0", "36"), ("1", "6")):
-        job = {**JOB, "experiment": "k700", "node": "0", "rank": rank}
+    waits = {
+        ("workers-2", "0"): "36",
+        ("workers-2", "1"): "6",
+        ("workers-8", "0"): "6",
+        ("workers-8", "1"): "6",
+    }
+    for (branch, rank), wait in waits.items():
+        job = {**JOB, "experiment": "k700", "branch": branch, "node": "0", "rank": rank}
         out += [
             series("mega3d_data_wait_seconds_sum", f"0+{wait}x40", **job),
             series("mega3d_step_seconds_sum", "0+60x40", **job),
@@ -224,7 +292,8 @@ def starved_rank() -> list[dict[str, str]]:
 
 def restarting_job() -> list[dict[str, str]]:
     """`k700` restarts at minutes 10, 20 and 30: each time every rank's pod comes back with a new address
-    (new series) and a new start time. `steady` restarts once, at minute 20."""
+    (new series) and a new start time. `steady` restarts once, at minute 20. `rerun` never restarts, but
+    runs again every 10 minutes (runs r1 to r4)."""
     out = []
     for rank in ("0", "1"):
         for restart in range(4):
@@ -242,18 +311,31 @@ def restarting_job() -> list[dict[str, str]]:
     for restart in range(2):
         job = {**JOB, "experiment": "steady", "node": "0", "rank": "0", "instance": f"10.1.{restart}.0:9400"}
         out.append(series("mega3d_start_time_seconds", "0x19" if not restart else "_x20 1200x40", **job))
+    for run in range(4):
+        job = {
+            **JOB,
+            "experiment": "rerun",
+            "run": f"r{run + 1}",
+            "node": "0",
+            "rank": "0",
+            "instance": f"10.2.{run}.0:9400",
+        }
+        values = f"_x{run * 10} {run * 600}x{9 if run < 3 else 30}" if run else "0x9"
+        out.append(series("mega3d_start_time_seconds", values, **job))
     return out
 
 
 def expected(alert: str, labels: dict[str, str], value: str = "") -> dict[str, Any]:
     rule = alert_rules()[alert]
-    all_labels = {**labels, **rule["labels"]}
+    # Prometheus drops labels with empty values: an alert of a run without a sweep has no branch label.
+    all_labels = {key: label for key, label in {**labels, **rule["labels"]}.items() if label}
     annotations = {key: expand(text, all_labels, value) for key, text in rule["annotations"].items()}
     return {"exp_labels": all_labels, "exp_annotations": annotations}
 
 
 def alert_tests() -> list[dict[str, Any]]:
-    stage = {"namespace": "vision", "stage": "pretrain"}
+    stage = {"namespace": "vision", "stage": "pretrain", "run": "r1"}
+    stalled = {**stage, "experiment": "stalled", "branch": "lr-0.1"}
     return [
         {
             "interval": "1m",
@@ -264,14 +346,14 @@ def alert_tests() -> list[dict[str, Any]]:
                 {
                     "eval_time": "36m",
                     "alertname": "Mega3dNoTrainingProgress",
-                    "exp_alerts": [expected("Mega3dNoTrainingProgress", {**stage, "experiment": "stalled"})],
+                    "exp_alerts": [expected("Mega3dNoTrainingProgress", stalled)],
                 },
                 # The young job counts only once its processes are 15 minutes old (minute 35), 5 more to fire.
                 {
                     "eval_time": "41m",
                     "alertname": "Mega3dNoTrainingProgress",
                     "exp_alerts": [
-                        expected("Mega3dNoTrainingProgress", {**stage, "experiment": "stalled"}),
+                        expected("Mega3dNoTrainingProgress", stalled),
                         expected("Mega3dNoTrainingProgress", {**stage, "experiment": "young"}),
                     ],
                 },
@@ -286,7 +368,10 @@ def alert_tests() -> list[dict[str, Any]]:
                     "eval_time": "2m",
                     "alertname": "Mega3dLossIsNaN",
                     "exp_alerts": [
-                        expected("Mega3dLossIsNaN", {**stage, "experiment": "k700", "node": "1", "rank": "9"})
+                        expected(
+                            "Mega3dLossIsNaN",
+                            {**stage, "experiment": "k700", "branch": "lr-0.1", "node": "1", "rank": "9"},
+                        )
                     ],
                 },
             ],
@@ -300,7 +385,11 @@ def alert_tests() -> list[dict[str, Any]]:
                     "eval_time": "30m",
                     "alertname": "Mega3dDataStarved",
                     "exp_alerts": [
-                        expected("Mega3dDataStarved", {**stage, "experiment": "k700", "rank": "0"}, "60%")
+                        expected(
+                            "Mega3dDataStarved",
+                            {**stage, "experiment": "k700", "branch": "workers-2", "rank": "0"},
+                            "60%",
+                        )
                     ],
                 },
             ],
@@ -358,13 +447,41 @@ def test_the_test_series_catch_the_naive_expressions(promtool: str, tmp_path: Pa
     assert alert in tested.stdout + tested.stderr
 
 
+# What goes wrong when an alert groups by experiment and stage alone, in promtool's report of the alerts it
+# got: no alert at all where another branch of the experiment hides the trouble, an alert where successive
+# runs look like restarts.
+MIXED = {
+    "Mega3dNoTrainingProgress": "got:[]",  # the stalled branch's sibling still steps
+    "Mega3dDataStarved": "got:[]",  # the starved rank's share, averaged with the other branch's rank
+    "Mega3dJobRestarting": 'experiment="rerun"',  # four runs, no restart
+}
+
+
+@pytest.mark.parametrize("alert", sorted(MIXED))
+def test_the_test_series_catch_alerts_that_mix_branches_or_runs(
+    promtool: str, tmp_path: Path, alert: str
+) -> None:
+    groups = rule_groups()
+    for rule in groups[0]["rules"]:
+        if rule.get("alert") == alert:
+            rule["expr"] = re.sub(r"\b(?:branch|run),\s*", "", rule["expr"])
+            assert aggregations_that_mix_branches_or_runs(rule["expr"])
+    tested = run_alert_tests(promtool, tmp_path, groups)
+    assert tested.returncode != 0
+    report = tested.stdout + tested.stderr
+    assert alert in report and MIXED[alert] in report, report
+
+
 # The dashboard.
 
 
 def test_the_dashboard_has_the_panels_and_variables_it_promises() -> None:
     board = dashboard()
     variables = {variable["name"]: variable for variable in board["templating"]["list"]}
-    assert {"experiment", "stage", "datasource"} <= set(variables)
+    assert {"experiment", "branch", "run", "stage", "datasource"} <= set(variables)
+    for name in ("experiment", "branch", "run", "stage"):
+        # All must match series without the label too: a run without a sweep has an empty branch.
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
     panels = board["panels"]
     assert len({panel["id"] for panel in panels}) == len(panels)
     for panel in panels:
@@ -395,10 +512,9 @@ def test_the_dashboard_uses_only_exported_metrics_filtered_by_its_variables() ->
         assert used <= EXPORTED, f"{title}: {sorted(used - EXPORTED)}"
         for selector in re.finditer(r"(mega3d_\w+)(\{[^}]*\})?", target["expr"]):
             matchers = selector.group(2) or ""
-            assert 'experiment=~"$experiment"' in matchers and 'stage=~"$stage"' in matchers, (
-                title,
-                selector[0],
-            )
+            for variable in ("experiment", "branch", "run", "stage"):
+                assert f'{variable}=~"${variable}"' in matchers, (title, selector[0])
+        assert aggregations_that_mix_branches_or_runs(target["expr"]) == [], title
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] == "query":  # label_values(SELECTOR, LABEL)
             query = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"]["query"])
@@ -412,7 +528,7 @@ def test_promtool_parses_every_dashboard_query(promtool: str, tmp_path: Path) ->
     rules = [
         {
             "record": f"dashboard:panel_{index}",
-            "expr": target["expr"].replace("$experiment", ".*").replace("$stage", ".*"),
+            "expr": re.sub(r"\$(experiment|branch|run|stage)\b", ".*", target["expr"]),
         }
         for index, (_, target) in enumerate(panel_targets())
     ]
