@@ -32,7 +32,15 @@ class RankShare(Sampler[int]):
         return len(self.items)
 
 
-CONFUSION_MAX_CLASSES = 50  # a larger matrix is not readable in the Kubeflow UI
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> list[list[int]]:
+    """Rows: true class, columns: predicted class; cell [t][p] counts the pairs (true[i], predicted[i])
+    equal to (t, p). Dense whatever the number of classes: 1,039² counts (Kinetics-700 + MiT) are 8 MB."""
+    cells = np.bincount(
+        np.asarray(true, dtype=np.int64) * n_classes + np.asarray(predicted, dtype=np.int64),
+        minlength=n_classes * n_classes,
+    )
+    matrix: list[list[int]] = cells.reshape(n_classes, n_classes).tolist()
+    return matrix
 
 
 def summarize(
@@ -52,13 +60,8 @@ def summarize(
     right_of_class = np.bincount(video_labels, weights=hits[:, 0], minlength=n_classes)
     present = videos_of_class > 0
     per_class = right_of_class / np.maximum(videos_of_class, 1)
-    confusion = {}
-    if n_classes <= CONFUSION_MAX_CLASSES:
-        cells = np.zeros((n_classes, n_classes), dtype=np.int64)
-        np.add.at(cells, (video_labels, ranked[:, 0]), 1)
-        confusion = {"confusion": cells.tolist()}  # rows: true class, columns: predicted (video top-1)
     return {
-        **confusion,
+        "confusion": confusion_matrix(video_labels, ranked[:, 0], n_classes),  # predicted: video top-1
         "clip_accuracy": clip_correct / n_clips,
         "video_top1": float(hits[:, :1].any(axis=1).mean()),
         "video_top5": float(hits[:, :5].any(axis=1).mean()),
@@ -92,7 +95,10 @@ def summarize_multi_label(
         for c in range(video_targets.shape[1])
     ]
     n_clips = int(window_counts.sum())
+    videos, labels = np.nonzero(video_targets)
     return {
+        # A video counts once in the row of each of its labels, in the column of its top-1 class.
+        "confusion": confusion_matrix(labels, ranked[videos, 0], video_targets.shape[1]),
         "clip_accuracy": clip_correct / n_clips,
         "video_top1": float(hits[:, :1].any(axis=1).mean()),
         "video_top5": float(hits[:, :5].any(axis=1).mean()),

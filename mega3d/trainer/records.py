@@ -166,7 +166,9 @@ class StageMetrics(Scores):
     n_videos: int
     n_clips: int
     unreadable: int
-    confusion: list[list[int]] | None = None  # video top-1, rows true class; few classes only
+    # Rows: true class, columns: video top-1 class, whatever the number of classes; multi-label data: a video
+    # counts in the row of each of its labels. None in older files (kept up to 50 single-label classes).
+    confusion: list[list[int]] | None = None
 
     @field_serializer("job")
     def _whole_job(self, job: StageJob) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import torch
 
 from mega3d.trainer.data.format import index_uri, load_index
 from mega3d.trainer.evaluate import (
-    CONFUSION_MAX_CLASSES,
     RankShare,
     VideoScores,
     average_precision,
@@ -51,10 +50,14 @@ def test_mean_class_accuracy_weighs_classes_equally() -> None:
     assert result["confusion"] == [[2, 1, 0], [0, 1, 0], [0, 0, 0]]
 
 
-def test_no_confusion_matrix_for_many_classes() -> None:
-    sums = np.eye(CONFUSION_MAX_CLASSES + 1)
-    result = summarize(sums, np.ones(len(sums)), 0, np.arange(len(sums)))
-    assert "confusion" not in result and result["video_top1"] == 1.0
+def test_the_confusion_matrix_is_kept_for_a_mega_scale_label_set() -> None:
+    classes = 1039  # Kinetics-700 + Moments in Time
+    labels = np.arange(classes)
+    sums = np.eye(classes)[(labels + 1) % classes]  # every video's top class is the next one
+    result = summarize(sums, np.ones(classes), 0, labels)
+    matrix = np.array(result["confusion"])
+    assert matrix.shape == (classes, classes) and matrix.sum() == classes
+    assert all(matrix[label, (label + 1) % classes] == 1 for label in labels)
 
 
 def test_top_predictions_follow_the_reference_results_layout() -> None:
@@ -78,6 +81,8 @@ def test_multi_label_metrics_by_hand() -> None:
     targets = np.array([[True, False, True], [False, True, False]])
     result = summarize_multi_label(sums, np.ones(2), clip_correct=1, video_targets=targets)
     assert (result["video_top1"], result["video_top5"]) == (0.5, 1.0)  # video 1 ranks class 1 second
+    # Both videos' top class is 0: video 0 counts in rows 0 and 2, video 1 in row 1.
+    assert result["confusion"] == [[1, 0, 0], [1, 0, 0], [1, 0, 0]]
     # class 0: ranked v0 (pos), v1 -> AP 1; class 1: ranked v1 (pos) first -> 1; class 2: v0 first -> 1
     assert result["per_class_ap"] == [1.0, 1.0, 1.0] and result["mAP"] == 1.0
     worse = summarize_multi_label(sums[:, [1, 0, 2]], np.ones(2), 0, targets)  # classes 0 and 1 swapped
