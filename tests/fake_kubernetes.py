@@ -1,18 +1,41 @@
 """A fake Kubernetes API server on a loopback port, for the real kubernetes client and TorchX code over HTTP.
 
-It speaks only what TorchX's kubernetes scheduler uses for a Volcano job: create it (also as a server-side
-dry run), read it and its status, delete it; read a pod and its log. A created job reports the phases it
-was given, one per status read (the last one stays), and has pods, each with a log, once it is no longer
-Pending. Every request is recorded.
+It speaks what TorchX's kubernetes scheduler and mega3d's launcher use for a Volcano job: create it (also
+as a server-side dry run), list jobs by label, read a job and its status, merge-patch and delete it; read a
+pod and its log, list pods by label and Warning events. A created job reports the phases it was given, one
+per status read (the last one stays). Its pods exist from the start, as Volcano creates them before they
+are scheduled: while the job is Pending each is unscheduled (condition PodScheduled=False, with the
+`unschedulable` message and a FailedScheduling event, as Volcano's scheduler records them: volcano
+docs/design/scheduling-reason.md) and its log cannot be read yet. `outage()` stops answering (connections
+are refused) and then serves again on the same port, as an API server does across a control-plane upgrade.
+Every request is recorded.
+
+With a `Kubelet`, a created job's pods run instead: each pod's container command runs as a process on this
+machine, with the container's environment and what Volcano's svc and env plugins add to it, and the job is
+Running until its processes end, then Completed (all exited 0) or Failed; its pods' logs are what the
+processes printed, each line timestamped as the kubelet does (`timestamps=true`). Deleting the job kills
+its processes, as deleting pods stops their containers.
+
+As the real API server does (k8s.io/apiserver): created objects get a uid, a resourceVersion that every
+write changes, and a creationTimestamp; a JSON merge patch (RFC 7386, what the python client sends for
+custom objects) whose metadata.resourceVersion differs from the object's fails with 409 Conflict; label
+selectors of the form k=v,k2=v2 match every pair; answers for missing objects are Status objects with 404.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +49,91 @@ VOLCANO_JOBS = re.compile(
     r"(?:/(?P<name>[^/]+)(?P<status>/status)?)?$"
 )
 POD = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods/(?P<name>[^/]+)(?P<log>/log)?$")
+PODS = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/pods$")
+EVENTS = re.compile(r"^/api/v1/namespaces/(?P<namespace>[^/]+)/events$")
 TOKEN = "fake-token"
+# TorchX's kubernetes scheduler points every node's torchrun at rank 0's pod on this port.
+RENDEZVOUS_PORT = 29500
+
+
+class PodProcess:
+    """One pod's container, run as a process; its output kept line by line with the time it was read."""
+
+    def __init__(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its torchrun and workers are killed together
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            now = time.time()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e9):09d}Z"
+            self.lines.append(f"{stamp} {line.rstrip()}")
+
+    @property
+    def phase(self) -> str:
+        """The pod's phase; Running until its output has been read to the end too."""
+        code = self.process.poll()
+        if code is None or self.reader.is_alive():
+            return "Running"
+        return "Succeeded" if code == 0 else "Failed"
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class Kubelet:
+    """Runs the pods of created jobs on this machine, in `workdir`. The processes see this machine's
+    environment (the image's, here: this interpreter's PATH first), the container's variables, and what
+    Volcano adds: the svc plugin's `VC_<TASK>_HOSTS` (here every host is this machine) and the env
+    plugin's task index. On a cluster every pod has an address of its own, so that every job's torchrun
+    may use port 29500; on one machine each job gets a free port in its place."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def start(self, job: Job) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        tasks = job.resource["spec"]["tasks"]
+        hosts = {f"VC_{task['name'].upper().replace('-', '_')}_HOSTS": "127.0.0.1" for task in tasks}
+        path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        for index, pod in enumerate(job.pods()):
+            (container,) = pod["spec"]["containers"]
+            env = {**os.environ, "PATH": path, **hosts, "VC_TASK_INDEX": "0", "VK_TASK_INDEX": "0"}
+            for variable in container.get("env", []):
+                env[variable["name"]] = _resolve(variable, pod, node=f"fake-node-{index}")
+            command = [
+                part.replace(f":{RENDEZVOUS_PORT} ", f":{port} ")
+                for part in [*container.get("command", []), *container.get("args", [])]
+            ]
+            job.processes[pod["metadata"]["name"]] = PodProcess(command, env, self.workdir)
+
+
+def _resolve(variable: dict[str, Any], pod: dict[str, Any], node: str) -> str:
+    """A container variable's value; the downward API's fields as the kubelet fills them in."""
+    if "value" in variable:
+        return str(variable["value"])
+    fields = {
+        "metadata.name": pod["metadata"]["name"],
+        "metadata.namespace": pod["metadata"].get("namespace", ""),
+        "spec.nodeName": node,
+        "status.podIP": "127.0.0.1",
+    }
+    return fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +143,7 @@ class Request:
     query: dict[str, list[str]]
     body: Any
     authorization: str | None
+    time: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -44,11 +152,16 @@ class Job:
     phases: Sequence[str]
     reason: str = ""
     message: str = ""
+    unschedulable: str = ""
     status_reads: int = 0
     log_reads: dict[str, int] = field(default_factory=dict)
+    processes: dict[str, PodProcess] = field(default_factory=dict)  # by pod name, with a Kubelet
 
     @property
     def phase(self) -> str:
+        if self.processes:
+            phases = {process.phase for process in self.processes.values()}
+            return "Running" if "Running" in phases else "Failed" if "Failed" in phases else "Completed"
         return self.phases[min(self.status_reads, len(self.phases)) - 1] if self.status_reads else "Pending"
 
     def with_status(self) -> dict[str, Any]:
@@ -59,21 +172,62 @@ class Job:
         tasks = {task["name"]: {"phase": {task_phase: 1}} for task in self.resource["spec"]["tasks"]}
         return {**self.resource, "status": {"state": state, "taskStatusCount": tasks}}
 
-    def pod(self, pod_name: str) -> dict[str, Any] | None:
-        """The pod Volcano names `{job}-{task}-0`, once the job has left Pending."""
+    def pods(self) -> list[dict[str, Any]]:
+        """The pods Volcano names `{job}-{task}-0`: unscheduled while the job is Pending."""
         job = self.resource["metadata"]["name"]
+        made = []
         for index, task in enumerate(self.resource["spec"]["tasks"]):
-            if pod_name == f"{job}-{task['name']}-0" and self.phase != "Pending":
-                metadata = {**task["template"]["metadata"], "name": pod_name}
-                status = {"phase": "Running", "podIP": f"10.0.0.{index + 1}"}
-                return {
+            metadata = {**task["template"]["metadata"], "name": f"{job}-{task['name']}-0"}
+            if self.phase == "Pending":
+                condition = {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": self.unschedulable,
+                }
+                status: dict[str, Any] = {"phase": "Pending", "conditions": [condition]}
+            else:
+                running = self.processes.get(metadata["name"])
+                phase = running.phase if running is not None else "Running"
+                status = {"phase": phase, "podIP": f"10.0.0.{index + 1}"}
+            made.append(
+                {
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": metadata,
                     "spec": task["template"]["spec"],
                     "status": status,
                 }
-        return None
+            )
+        return made
+
+    def pod(self, pod_name: str) -> dict[str, Any] | None:
+        return next((pod for pod in self.pods() if pod["metadata"]["name"] == pod_name), None)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The Warning events of its unscheduled pods."""
+        if self.phase != "Pending" or not self.unschedulable:
+            return []
+        return [
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{pod['metadata']['name']}.1", "namespace": self.namespace},
+                "involvedObject": {
+                    "kind": "Pod",
+                    "name": pod["metadata"]["name"],
+                    "namespace": self.namespace,
+                },
+                "type": "Warning",
+                "reason": "FailedScheduling",
+                "message": self.unschedulable,
+            }
+            for pod in self.pods()
+        ]
+
+    @property
+    def namespace(self) -> str:
+        return str(self.resource["metadata"]["namespace"])
 
 
 class FakeKubernetes:
@@ -85,26 +239,47 @@ class FakeKubernetes:
         log_lines: Callable[[str, int, str], list[str]] = lambda pod, read, phase: [],
         reason: str = "",
         message: str = "",
+        unschedulable: str = "",
+        kubelet: Kubelet | None = None,
     ) -> None:
         self.phases, self.log_lines, self.reason, self.message = phases, log_lines, reason, message
+        self.unschedulable, self.kubelet = unschedulable, kubelet
         self.jobs: dict[tuple[str, str], Job] = {}
         self.requests: list[Request] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
+        self.versions = itertools.count(1)
+        self.server = self._serve_on(0)
+        self.port = int(self.server.server_address[1])
+
+    def _serve_on(self, port: int) -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> FakeKubernetes:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+        for job in self.jobs.values():
+            for process in job.processes.values():
+                process.kill()
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """No API server inside the block: connections to its port are refused."""
+        self.server.shutdown()
+        self.server.server_close()
+        try:
+            yield
+        finally:
+            self.server = self._serve_on(self.port)
 
     def write_kubeconfig(self, path: Path, namespace: str) -> Path:
         config = {
@@ -141,11 +316,29 @@ class FakeKubernetes:
         if match := VOLCANO_JOBS.match(path):
             namespace, name = match["namespace"], match["name"]
             if method == "POST" and name is None:
-                resource = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+                metadata = {
+                    **body["metadata"],
+                    "namespace": namespace,
+                    "uid": f"uid-{next(self.versions)}",
+                    "resourceVersion": str(next(self.versions)),
+                    "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }
+                resource = {**body, "metadata": metadata}
                 if "dryRun" not in query:
                     key = (namespace, resource["metadata"]["name"])
-                    self.jobs[key] = Job(resource, self.phases, self.reason, self.message)
+                    job = Job(resource, self.phases, self.reason, self.message, self.unschedulable)
+                    self.jobs[key] = job
+                    if self.kubelet is not None:
+                        self.kubelet.start(job)
                 return 201, resource
+            if method == "GET" and name is None:
+                wanted = _selector(query)
+                items = [
+                    job.with_status()
+                    for (where, _), job in self.jobs.items()
+                    if where == namespace and _matches(job.resource["metadata"].get("labels", {}), wanted)
+                ]
+                return 200, {"apiVersion": "batch.volcano.sh/v1alpha1", "kind": "JobList", "items": items}
             job = self.jobs.get((namespace, name))
             if job is None:
                 return 404, _status(404, "NotFound", f'jobs.batch.volcano.sh "{name}" not found')
@@ -153,7 +346,18 @@ class FakeKubernetes:
                 if match["status"]:
                     job.status_reads += 1
                 return 200, job.with_status()
+            if method == "PATCH":
+                current = job.resource["metadata"]["resourceVersion"]
+                given = (body.get("metadata") or {}).get("resourceVersion")
+                if given is not None and given != current:
+                    message = f'Operation cannot be fulfilled on jobs.batch.volcano.sh "{name}": modified'
+                    return 409, _status(409, "Conflict", message)
+                job.resource = _merge_patch(job.resource, body)
+                job.resource["metadata"]["resourceVersion"] = str(next(self.versions))
+                return 200, job.with_status()
             if method == "DELETE":
+                for process in job.processes.values():
+                    process.kill()
                 del self.jobs[(namespace, name)]
                 return 200, _status(200, "", "")
         elif (match := POD.match(path)) and method == "GET":
@@ -168,8 +372,36 @@ class FakeKubernetes:
             ((job, pod),) = found
             if not match["log"]:
                 return 200, pod
+            if job.phase == "Pending":  # what the kubelet-less API server says of an unscheduled pod's log
+                container = pod["spec"]["containers"][0]["name"]
+                message = f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+                return 400, _status(400, "BadRequest", message)
             read = job.log_reads[name] = job.log_reads.get(name, 0) + 1
-            return 200, "".join(f"{line}\n" for line in self.log_lines(name, read, job.phase))
+            running = job.processes.get(name)
+            lines = list(running.lines) if running is not None else self.log_lines(name, read, job.phase)
+            return 200, "".join(f"{line}\n" for line in lines)
+        elif (match := PODS.match(path)) and method == "GET":
+            wanted = _selector(query)
+            pods = [
+                pod
+                for job in self.jobs.values()
+                if job.namespace == match["namespace"]
+                for pod in job.pods()
+                if _matches(pod["metadata"].get("labels", {}), wanted)
+            ]
+            return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}
+        elif (match := EVENTS.match(path)) and method == "GET":
+            fields = dict(
+                pair.split("=", 1) for pair in query.get("fieldSelector", [""])[0].split(",") if pair
+            )
+            events = [
+                event
+                for job in self.jobs.values()
+                if job.namespace == match["namespace"]
+                for event in job.events()
+                if all(event.get(key) == value for key, value in fields.items())
+            ]
+            return 200, {"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": events}
         return 404, _status(404, "NotFound", f"no route {method} {path}")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -194,7 +426,7 @@ class FakeKubernetes:
                 self.end_headers()
                 self.wfile.write(text.encode())
 
-            do_GET = do_POST = do_DELETE = _serve
+            do_GET = do_POST = do_DELETE = do_PATCH = _serve
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the recorded requests say more
@@ -212,3 +444,25 @@ def _status(code: int, reason: str, message: str) -> dict[str, Any]:
         "reason": reason,
         "message": message,
     }
+
+
+def _selector(query: dict[str, list[str]]) -> dict[str, str]:
+    text = query.get("labelSelector", [""])[0]
+    return dict(pair.split("=", 1) for pair in text.split(",") if pair)
+
+
+def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in wanted.items())
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge key by key, null removes a key, anything else (lists too) replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge_patch(merged.get(key), value)
+    return merged

@@ -1,11 +1,13 @@
 """A small Kubeflow Pipelines API server on a loopback port, for the real kfp.Client to talk to over HTTP.
 
 It speaks the `/apis/v2beta1` routes and JSON of kfp 2.17 (`kfp_server_api/api/*.py` and `models/*.py`):
-healthz; experiments (create, list by display name, get); runs (create, list, get, terminate); recurring
-runs (create, list, get, enable, disable, delete). Every request is recorded (method, path, query, JSON
-body, headers with lower-case names) so that tests can assert what the client sent. It can demand a bearer
-token, answering 401 (or another status) without it, and a run can be given the states that successive
-reads of it report.
+healthz (with the server's release, `tag_name`, as the backend's healthzResponse in
+backend/src/apiserver/main.go has it, though kfp's model of the answer leaves it out); experiments (create,
+list by display name, get); runs (create, list, get, terminate); recurring runs (create, list, get, enable,
+disable, delete). Every request is recorded (method, path, query, JSON body, headers with lower-case names)
+so that tests can assert what the client sent. It can demand a bearer token, answering 401 (or another
+status) without it, report another release, and a run can be given the states that successive reads of it
+report.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ PREFIX = "/apis/v2beta1"
 CREATED_AT = "2026-11-24T02:37:46Z"
 NOT_FOUND_CODE = 5  # google.rpc.Code NOT_FOUND, as the real server's error bodies carry it
 UNAUTHENTICATED_CODE = 16
+# What a released 2.17.0 server reports; a self-built one reports "unknown" (its image's default TAG_NAME).
+TAG_NAME = "2.17.0"
+COMMIT_SHA = "0f3c1d2e4b5a69788a7b6c5d4e3f2a1b0c9d8e7f"
 
 JsonObject = dict[str, Any]
 
@@ -49,9 +54,12 @@ class ApiError(Exception):
 class KfpApi:
     """The server's state; `url` is the `--host` to give the client."""
 
-    def __init__(self, token: str | None = None, auth_failure_status: int = 401) -> None:
+    def __init__(
+        self, token: str | None = None, auth_failure_status: int = 401, tag_name: str = TAG_NAME
+    ) -> None:
         self.token = token
         self.auth_failure_status = auth_failure_status
+        self.tag_name = tag_name
         self.requests: list[Request] = []
         self.experiments: dict[str, JsonObject] = {}
         self.runs: dict[str, JsonObject] = {}
@@ -115,7 +123,12 @@ class KfpApi:
         ]
 
     def _healthz(self, **_: Any) -> JsonObject:
-        return {"multi_user": False, "pipeline_store": "database"}
+        return {
+            "commit_sha": COMMIT_SHA,
+            "tag_name": self.tag_name,
+            "multi_user": False,
+            "pipeline_store": "database",
+        }
 
     def _create_experiment(self, body: JsonObject, **_: Any) -> JsonObject:
         return self.experiments[self.add_experiment(body["display_name"])]
@@ -243,8 +256,10 @@ def _handler(api: KfpApi) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def kfp_api(token: str | None = None, auth_failure_status: int = 401) -> Iterator[KfpApi]:
-    api = KfpApi(token, auth_failure_status)
+def kfp_api(
+    token: str | None = None, auth_failure_status: int = 401, tag_name: str = TAG_NAME
+) -> Iterator[KfpApi]:
+    api = KfpApi(token, auth_failure_status, tag_name)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
     server.daemon_threads = True
     api.url = f"http://127.0.0.1:{server.server_address[1]}"

@@ -2,8 +2,10 @@
 
 Where and how is read from the deployment settings (`--settings`, `$MEGA3D_*`), with the command line's
 options on top; `on_cluster` gives every command the same connection options and builds its Target of them.
-Everything that can be checked here (settings, host, spec, cron, compilation) is checked before the cluster
-is contacted. kfp is imported inside the commands, so `mega3d --help` stays quick.
+Everything that can be checked here (settings, host, spec, cron, the stages' GPUs against the queue,
+compilation) is checked before the cluster is contacted; the commands that upload a pipeline then refuse a
+server older than the settings' `min_kfp_server`. kfp is imported inside the commands, so `mega3d --help`
+stays quick.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from mega3d.cli.console import fail, out
-from mega3d.pipelines.settings import Deployment, load_settings
-from mega3d.trainer.spec import ExperimentSpec, SpecError, load_spec, validation_problems
+from mega3d.cli.console import err, fail, out
+from mega3d.pipelines.settings import MIN_KFP_SERVER, Deployment, load_settings
+from mega3d.trainer.spec import ExperimentSpec, Problem, SpecError, load_spec, validation_problems
 
 if TYPE_CHECKING:
     from mega3d.kubeflow.client import Cluster, Run
@@ -65,7 +67,7 @@ Token = Annotated[
 Namespace = Annotated[
     str | None,
     typer.Option(
-        help="Kubeflow profile namespace; default: `namespace` of the settings (kubeflow).",
+        help="Kubeflow profile namespace; default: `namespace` of the settings (mega3d).",
         show_default=False,
         rich_help_panel=CONNECTION,
     ),
@@ -178,16 +180,74 @@ def on_cluster(*, experiment: bool = False) -> Callable[[Command], Command]:
 
 
 @contextmanager
-def connected(target: Target) -> Iterator[Cluster]:
-    """The cluster, connected and healthy; what it cannot serve ends the command with one line (exit 2)."""
-    from mega3d.kubeflow.client import Cluster, ClusterError
+def connected(target: Target, uploading: bool = False) -> Iterator[Cluster]:
+    """The cluster, connected and healthy; what it cannot serve ends the command with one line (exit 2).
+    `uploading` a pipeline, a server older than the settings' `min_kfp_server` is refused too."""
+    from mega3d.kubeflow.client import Cluster, ClusterError, release_of
 
+    minimum = target.deployment.min_kfp_server
+    oldest = release_of(minimum)
+    if uploading and oldest is None:
+        fail(
+            [
+                f"min_kfp_server {minimum!r} (settings, $MEGA3D_MIN_KFP_SERVER): give a Kubeflow Pipelines "
+                f"release such as {MIN_KFP_SERVER}"
+            ]
+        )
     # urllib3 logs a warning for each retry of a failed connection; the command ends with one line instead.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
-        yield Cluster(target.host, target.token, target.deployment.namespace)
+        cluster = Cluster(target.host, target.token, target.deployment.namespace)
+        if uploading and oldest is not None:
+            check_server(cluster, oldest, minimum)
+        yield cluster
     except ClusterError as error:
         fail([str(error)])
+
+
+def check_server(cluster: Cluster, oldest: tuple[int, int, int], minimum: str) -> None:
+    """A server older than `minimum` would accept the pipeline and then run it wrongly (README, "Kubeflow
+    Pipelines"): refuse it. A build that reports no release (self-built servers report "unknown") is most
+    likely newer than any release, and no setting could let it through: say so, and go on."""
+    from mega3d.kubeflow.client import release_of
+
+    version = cluster.server_version
+    release = release_of(version)
+    if release is None:
+        err.print(
+            f"[yellow]warning:[/yellow] Kubeflow Pipelines at {cluster.host} reports no release "
+            f"(tag_name {version!r}): cannot tell whether it is {minimum} or newer; submitting anyway",
+            soft_wrap=True,
+        )
+    elif release < oldest:
+        fail(
+            [
+                f"Kubeflow Pipelines at {cluster.host} is {version}, older than {minimum}, the oldest that "
+                "runs mega3d's pipelines correctly: upgrade it, or set min_kfp_server (settings, "
+                f"$MEGA3D_MIN_KFP_SERVER) to {version} to submit anyway"
+            ]
+        )
+
+
+def fits_the_queue(spec: ExperimentSpec, deployment: Deployment, source: Path) -> None:
+    """Volcano starts a job only when all of its pods fit in the queue at once (gang scheduling): a stage
+    that needs more GPUs than the queue may ever hold would wait until `pending_minutes` fails it, after
+    the stages before it have run. Only the stages some branch of the sweep runs count."""
+    capacity = deployment.queue_gpus
+    if capacity is None:
+        return
+    problems: dict[str, Problem] = {}
+    for branch in spec.branches():
+        for path, stage in spec.for_branch(branch).stages():
+            nodes, gpus = stage.resources.nnodes, stage.resources.gpus
+            if nodes * gpus > capacity:
+                message = (
+                    f"{nodes} nodes x {gpus} GPUs = {nodes * gpus} GPUs at once, more than queue_gpus "
+                    f"{capacity} (settings): the queue {deployment.queue!r} would never start the job"
+                )
+                problems[path] = Problem(f"{path}.resources", message)
+    if problems:
+        fail(SpecError(str(source), problems.values()).lines())
 
 
 def storage_on_cluster(spec: ExperimentSpec, deployment: Deployment, source: Path) -> ExperimentSpec:
@@ -242,10 +302,18 @@ def submit(
     skip_if_trained with --skip-if-trained."""
     experiment_spec = read_spec(spec)
     experiment_spec = storage_on_cluster(experiment_spec, target.deployment, spec)
+    fits_the_queue(experiment_spec, target.deployment, spec)
     run_name = f"{experiment_spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    with compiled(experiment_spec, target.deployment) as package, connected(target) as cluster:
+    with (
+        compiled(experiment_spec, target.deployment) as package,
+        connected(target, uploading=True) as cluster,
+    ):
         run = cluster.submit(
-            package, target.deployment.experiment, run_name, pipeline_parameters(skip_if_trained)
+            package,
+            target.deployment.experiment,
+            run_name,
+            pipeline_parameters(skip_if_trained),
+            target.deployment.run_service_account,
         )
     out.print(f"submitted {run_name!r} to experiment {target.deployment.experiment!r}", soft_wrap=True)
     out.print(f"run id: {run.run_id}", soft_wrap=True)
@@ -386,13 +454,18 @@ def create_schedule(
         fail([f"--cron {cron!r}: {problem}"])
     experiment_spec = read_spec(spec)
     experiment_spec = storage_on_cluster(experiment_spec, target.deployment, spec)
-    with compiled(experiment_spec, target.deployment) as package, connected(target) as cluster:
+    fits_the_queue(experiment_spec, target.deployment, spec)
+    with (
+        compiled(experiment_spec, target.deployment) as package,
+        connected(target, uploading=True) as cluster,
+    ):
         created = cluster.schedule(
             package,
             target.deployment.experiment,
             name or experiment_spec.name,
             cron,
             pipeline_parameters(skip_if_trained),
+            target.deployment.run_service_account,
         )
     out.print(
         f"scheduled {created.name!r} at {created.cron!r} in experiment {target.deployment.experiment!r}",

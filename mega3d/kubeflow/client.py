@@ -44,6 +44,8 @@ CRON_NAMES = {
     "day of week": ["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
 }
 CRON_ITEM = re.compile(r"(?:[*?]|(?P<first>\w+)(?:-(?P<last>\w+))?)(?:/(?P<step>\d+))?")
+# A release as the server's health check reports it (its image's TAG_NAME): 2.17.0, v2.17.0, 2.0.0-rc.2.
+RELEASE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]*)?")
 
 
 class ClusterError(ValueError):
@@ -104,6 +106,13 @@ def _cron_value(word: str, field: str) -> int | None:
     return names.index(word.lower()) + (1 if field == "month" else 0)
 
 
+def release_of(tag: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a Kubeflow Pipelines release tag, or None for a build that names no release
+    ("unknown", the backend image's default; "master"; a commit). A pre-release counts as its release."""
+    match = RELEASE.fullmatch(tag.strip())
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
 def in_cluster_credentials() -> kfp.client.ServiceAccountTokenVolumeCredentials | None:
     """The pod's Kubeflow Pipelines service-account token, where one is mounted."""
     path = os.environ.get(kfp.client.KF_PIPELINES_SA_TOKEN_ENV) or kfp.client.KF_PIPELINES_SA_TOKEN_PATH
@@ -112,12 +121,24 @@ def in_cluster_credentials() -> kfp.client.ServiceAccountTokenVolumeCredentials 
 
 class _QuickClient(kfp.Client):
     """kfp.Client whose health check asks once, within a time limit: kfp's own retries five times 5 s apart,
-    which turns a wrong host or token into half a minute of waiting."""
+    which turns a wrong host or token into half a minute of waiting. `healthz` keeps the answer as the
+    server sent it: kfp's model of it drops the server's version (tag_name, commit_sha)."""
+
+    def __init__(self, **options: Any) -> None:
+        self.healthz: dict[str, Any] | None = None  # None: no answer yet, or not Kubeflow Pipelines' JSON
+        super().__init__(**options)
 
     def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
-        return self._healthz_api.healthz_service_get_healthz(
-            _request_timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        answer = self._healthz_api.healthz_service_get_healthz(
+            _request_timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S), _preload_content=False
         )
+        try:
+            body = json.loads(answer.data)
+        except ValueError:
+            body = None
+        self.healthz = body if isinstance(body, dict) else None
+        multi_user = bool(self.healthz and self.healthz.get("multi_user"))
+        return kfp_server_api.V2beta1GetHealthzResponse(multi_user=multi_user)
 
 
 @contextlib.contextmanager
@@ -149,13 +170,27 @@ class Cluster:
             )
             if self._client.get_user_namespace():  # kfp checks health at construction only without one
                 self._client.get_kfp_healthz()
+        if self._client.healthz is None:  # e.g. the Kubeflow dashboard's HTML page
+            raise ClusterError(
+                f"{self.host} does not answer as the Kubeflow Pipelines API (its /apis/v2beta1/healthz is "
+                "not Kubeflow Pipelines' JSON): give the API endpoint, e.g. https://kubeflow.example.com/pipeline"
+            )
+        # The release the server reports; "" when it reports none.
+        self.server_version = str(self._client.healthz.get("tag_name") or "")
 
     def run_link(self, run_id: str) -> str:
         return f"{self.host}/#/runs/details/{run_id}"
 
-    def submit(self, package: str, experiment: str, run_name: str, parameters: dict[str, Any]) -> Run:
-        """Run a compiled pipeline in `experiment` (created when missing); parameters not given keep their
-        compiled defaults."""
+    def submit(
+        self,
+        package: str,
+        experiment: str,
+        run_name: str,
+        parameters: dict[str, Any],
+        service_account: str | None,
+    ) -> Run:
+        """Run a compiled pipeline in `experiment` (created when missing), its pods as `service_account`
+        (None: the server's default); parameters not given keep their compiled defaults."""
         with self._answers(), _quiet():
             experiment_id = self._client.create_experiment(name=experiment).experiment_id
             created = self._client.run_pipeline(
@@ -163,14 +198,22 @@ class Cluster:
                 job_name=run_name,
                 pipeline_package_path=package,
                 params=parameters,
+                service_account=service_account,
             )
         return _run(created)
 
     def schedule(
-        self, package: str, experiment: str, name: str, cron: str, parameters: dict[str, Any]
+        self,
+        package: str,
+        experiment: str,
+        name: str,
+        cron: str,
+        parameters: dict[str, Any],
+        service_account: str | None,
     ) -> RecurringRun:
-        """A recurring run of a compiled pipeline in `experiment` (created when missing): one run at a time,
-        and after a pause only the latest missed run, not every one (no catch-up)."""
+        """A recurring run of a compiled pipeline in `experiment` (created when missing), its runs' pods as
+        `service_account` (None: the server's default): one run at a time, and after a pause only the
+        latest missed run, not every one (no catch-up)."""
         problem = cron_problem(cron)
         if problem:
             raise ClusterError(f"cron {cron!r}: {problem}")
@@ -185,6 +228,7 @@ class Cluster:
                 no_catchup=True,
                 pipeline_package_path=package,
                 params=parameters,
+                service_account=service_account,
             )
         return _recurring_run(created)
 

@@ -68,8 +68,8 @@ def run_local(
     skip_if_trained: bool = False,
     metrics: Deployment | None = None,
 ) -> None:
-    """`metrics`: where training processes serve and push their metrics (by default they serve none)."""
-    """Raises when a step fails (kfp.local stops the pipeline at the first failed task)."""
+    """Raises when a step fails (kfp.local stops the pipeline at the first failed task). `metrics`: where
+    training processes serve and push their metrics (by default they serve none)."""
     run = layout.run_dir(spec, run_id)
     # kfp.local keeps its artifacts on the local disk: beside the run when that is local, else in /tmp.
     pipeline_root = (

@@ -25,7 +25,13 @@ from kfp import compiler, dsl, kubernetes
 from mega3d.pipelines import steps
 from mega3d.pipelines.actions import FINETUNE_ONLY, PRETRAIN_THEN_FINETUNE
 from mega3d.pipelines.launcher import KUBERNETES_SCHEDULER
-from mega3d.pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
+from mega3d.pipelines.settings import (
+    CREDENTIALS_DIR,
+    CREDENTIALS_KEY,
+    STEP_POD_NAME,
+    STEP_POD_UID,
+    Deployment,
+)
 from mega3d.trainer.spec import PRETRAIN, ExperimentSpec
 
 STEP_CPU = "250m"
@@ -37,8 +43,11 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
     deployment = deployment or Deployment()
     spec.check_branches(deployment.max_branches, "spec")
 
+    # Steps only prepare data and follow jobs: the light launcher image serves them, where there is one.
+    step_image = deployment.step_image or deployment.image or spec.image
+
     def component(func: Callable[..., Any]) -> Callable[..., dsl.PipelineTask]:
-        return dsl.component(func, base_image=deployment.image or spec.image, install_kfp_package=False)
+        return dsl.component(func, base_image=step_image, install_kfp_package=False)
 
     prepare_run = component(steps.prepare_run)
     prepare_branch = component(steps.prepare_branch)
@@ -63,6 +72,13 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
         if deployment.credentials_secret:  # the Secret's name, never its content
             kubernetes.use_secret_as_volume(task, deployment.credentials_secret, mount_path=CREDENTIALS_DIR)
             task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{CREDENTIALS_DIR}/{CREDENTIALS_KEY}")
+        return task
+
+    def launching(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """A step that launches a TorchX job learns its own pod's name and UID (downward API): the job
+        names that pod as its owner, so that deleting the run's pods deletes the job too."""
+        kubernetes.use_field_path_as_env(task, env_name=STEP_POD_NAME, field_path="metadata.name")
+        kubernetes.use_field_path_as_env(task, env_name=STEP_POD_UID, field_path="metadata.uid")
         return task
 
     @dsl.pipeline(name=f"mega3d-{spec.name}", description=f"mega3d experiment {spec.name}")
@@ -92,7 +108,7 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
                     data=target.outputs["data"],
                     **init,
                 )
-                step(tuned, "finetune")
+                launching(step(tuned, "finetune"))
                 evaluated = evaluate(
                     cluster_json=cluster_json,
                     stage=stage,
@@ -100,7 +116,7 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
                     data=target.outputs["data"],
                     model=tuned.outputs["model"],
                 )
-                step(evaluated, "evaluate")
+                launching(step(evaluated, "evaluate"))
             step(register(branch=prepared.outputs["data"]), "register").after(evaluated)
 
         def train_branch(branch: Any) -> None:
@@ -121,7 +137,8 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
                         scheduler=scheduler,
                         data=prepared.outputs["data"],
                     )
-                    finetune_targets(prepared, {"init": step(pretrained, PRETRAIN).outputs["model"]})
+                    launching(step(pretrained, PRETRAIN))
+                    finetune_targets(prepared, {"init": pretrained.outputs["model"]})
             if finetuning_only:
                 condition = dsl.Elif if pretraining else dsl.If
                 with condition(action == FINETUNE_ONLY, name="finetune-only"):
@@ -132,7 +149,8 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
         if branches == [""]:
             train_branch("")
         else:
-            with dsl.ParallelFor(branches, name="sweep") as branch:
+            # Each branch queues its own jobs: a bounded number at once leaves the queue to other work.
+            with dsl.ParallelFor(branches, parallelism=deployment.sweep_parallelism, name="sweep") as branch:
                 train_branch(branch)
 
     return experiment

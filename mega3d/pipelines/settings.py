@@ -27,6 +27,13 @@ ENV_PREFIX = "MEGA3D_"
 # Where a Secret named by credentials_secret is mounted in step and training pods.
 CREDENTIALS_DIR = "/var/secrets/mega3d"
 CREDENTIALS_KEY = "key.json"
+# The oldest Kubeflow Pipelines backend that runs the compiled IR correctly: 2.17.0 propagates the states of
+# nested sub-DAGs (If inside ParallelFor inside If) and applies a recurring run's service account (README,
+# "Which Kubeflow Pipelines").
+MIN_KFP_SERVER = "2.17.0"
+# The step pod's own name and UID, from the downward API: the training jobs it submits are owned by it.
+STEP_POD_NAME = "MEGA3D_STEP_POD_NAME"
+STEP_POD_UID = "MEGA3D_STEP_POD_UID"
 
 
 class Toleration(BaseModel):
@@ -47,20 +54,38 @@ class Deployment(BaseModel):
         default=None, description="Kubeflow Pipelines API endpoint, e.g. https://kf/pipeline"
     )
     namespace: Annotated[str, Field(pattern=K8S_NAME)] = Field(
-        default="kubeflow", description="Kubeflow profile namespace; training jobs run there too"
+        default="mega3d", description="Kubeflow profile namespace (k8s/base's); training jobs run there too"
     )
     experiment: str = Field(default="mega3d", description="Kubeflow experiment that runs are filed under")
-    image: str | None = Field(default=None, description="mega3d image for steps and training pods")
+    image: str | None = Field(default=None, description="mega3d training image (CUDA) of training pods")
+    step_image: str | None = Field(
+        default=None, description="light mega3d launcher image of pipeline steps; default: `image`"
+    )
     bucket: str | None = Field(
         default=None, description="object-storage root of cluster runs (e.g. gs://team-videos/mega3d)"
     )
     service_account: Annotated[str, Field(pattern=K8S_NAME)] | None = Field(
         default=None, description="Kubernetes service account of training pods (Workload Identity)"
     )
+    run_service_account: Annotated[str, Field(pattern=K8S_NAME)] | None = Field(
+        default="mega3d-launcher",
+        description="service account that runs and recurring runs execute their steps as (k8s/base's)",
+    )
     credentials_secret: Annotated[str, Field(pattern=K8S_NAME)] | None = Field(
         default=None, description=f"Secret with a storage key file '{CREDENTIALS_KEY}', mounted in pods"
     )
-    queue: Annotated[str, Field(pattern=K8S_NAME)] = Field(default="default", description="Volcano queue")
+    queue: Annotated[str, Field(pattern=K8S_NAME)] = Field(
+        default="mega3d", description="Volcano queue (k8s/base's)"
+    )
+    queue_gpus: Annotated[int, Field(ge=1)] | None = Field(
+        default=32,
+        description="GPUs the queue may hold at once (its capability): `submit` refuses a stage that needs "
+        "more; null: unknown",
+    )
+    priority_class: Annotated[str, Field(pattern=K8S_NAME)] | None = Field(
+        default=None, description="PriorityClass of training jobs"
+    )
+    pod_annotations: dict[str, str] = Field(default={}, description="annotations of every training pod")
     node_selector: dict[str, str] = Field(default={}, description="labels of the GPU nodes to train on")
     tolerations: list[Toleration] = Field(default=[], description="taints of the GPU nodes to tolerate")
     metrics_port: Annotated[int, Field(ge=1024, le=65000)] | None = Field(
@@ -72,11 +97,29 @@ class Deployment(BaseModel):
     max_branches: Annotated[int, Field(ge=1)] = Field(
         default=32, description="most parallel branches a sweep may expand to"
     )
+    sweep_parallelism: Annotated[int, Field(ge=1)] = Field(
+        default=4, description="most branches of a sweep that run (and queue their jobs) at once"
+    )
+    api_outage_minutes: Annotated[float, Field(gt=0)] = Field(
+        default=15, description="how long a step keeps reading a job's status while the API server fails"
+    )
+    pending_minutes: Annotated[float, Field(gt=0)] = Field(
+        default=30, description="how long a training job may wait to be scheduled before the step fails"
+    )
+    finished_job_minutes: Annotated[int, Field(ge=1)] = Field(
+        default=60, description="how long a finished training job and its pods are kept for inspection"
+    )
+    min_kfp_server: str = Field(
+        default=MIN_KFP_SERVER,
+        description="oldest Kubeflow Pipelines release `submit` and `schedule` upload to (e.g. 2.17.0)",
+    )
 
-    def trainer_environment(self, one_host: bool) -> dict[str, str]:
-        """What training processes are told of their metrics' endpoints; `one_host` when every process of
-        the job runs on this one machine (TorchX local_cwd)."""
-        variables = {environment.METRICS_PORT: str(self.metrics_port)} if self.metrics_port else {}
+    def trainer_environment(self, one_host: bool, run_id: str, branch: str) -> dict[str, str]:
+        """What training processes are told of their metrics' endpoints and labels; `one_host` when every
+        process of the job runs on this one machine (TorchX local_cwd)."""
+        variables = {environment.RUN: run_id, environment.BRANCH: branch}
+        if self.metrics_port:
+            variables[environment.METRICS_PORT] = str(self.metrics_port)
         if one_host and self.metrics_port:
             variables[environment.METRICS_ONE_HOST] = "1"
         if self.pushgateway:
@@ -109,7 +152,7 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     for name in Deployment.model_fields:
         value = environ.get(f"{ENV_PREFIX}{name.upper()}")
         if value is not None:
-            structured = name in ("node_selector", "tolerations")
+            structured = name in ("node_selector", "tolerations", "pod_annotations")
             try:
                 data[name] = yaml.safe_load(value) if structured else value
             except yaml.YAMLError:

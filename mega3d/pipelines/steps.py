@@ -73,13 +73,16 @@ def evaluate(
     model: Input[Model],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
+    confusion_csv: Output[Artifact],
     classes: Output[Markdown],
     curves: Output[HTML],
 ) -> None:
     """Clip accuracy, video top-1/top-5 and per-class results of a fine-tuned model."""
     from mega3d.pipelines import tasks
 
-    tasks.evaluate(cluster_json, stage, scheduler, data, model, metrics, confusion, classes, curves)
+    tasks.evaluate(
+        cluster_json, stage, scheduler, data, model, metrics, confusion, confusion_csv, classes, curves
+    )
 
 
 def register(branch: Input[Dataset], decision: Output[Markdown]) -> None:

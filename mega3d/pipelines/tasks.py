@@ -18,13 +18,14 @@ from mega3d.pipelines.actions import FINETUNE_ONLY, PRETRAIN_THEN_FINETUNE, SKIP
 from mega3d.pipelines.launcher import (
     KUBERNETES_SCHEDULER,
     LOCAL_SCHEDULER,
-    cluster_app,
     free_port,
     job_name,
-    launch,
+    launch_local,
+    launch_on_cluster,
     scheduler_cfg,
 )
 from mega3d.pipelines.settings import Deployment
+from mega3d.pipelines.volcano import JobIdentity
 from mega3d.trainer import layout, storage
 from mega3d.trainer.data.format import DatasetError, DatasetIndex, index_uri, load_index, merge, save_index
 from mega3d.trainer.data.ops import subset
@@ -206,7 +207,7 @@ def _run_trainer(
     resources = stage_spec.resources
     app = trainer(
         *args,
-        name=job_name(spec.name, stage),
+        name=job_name(spec.name, data.branch, stage, data.run_id),
         image=deployment.image or spec.image,
         nnodes=resources.nnodes,
         nproc_per_node=resources.nproc_per_node,
@@ -215,15 +216,22 @@ def _run_trainer(
         memory_gb=resources.memory_gb,
         max_retries=stage_spec.max_retries,
         rdzv_port=free_port() if scheduler == LOCAL_SCHEDULER else 29500,
-        env=deployment.trainer_environment(one_host=scheduler == LOCAL_SCHEDULER),
+        env=deployment.trainer_environment(
+            one_host=scheduler == LOCAL_SCHEDULER, run_id=data.run_id, branch=data.branch
+        ),
         metrics_port=deployment.metrics_port or 0,  # container ports for the PodMonitor (a cluster only)
     )
     if scheduler == KUBERNETES_SCHEDULER:
-        app = cluster_app(app, deployment)
+        identity = JobIdentity(spec.name, data.run_id, data.branch, stage, command)
+        launch_on_cluster(app, deployment, identity)
+        return
+    if scheduler != LOCAL_SCHEDULER:
+        raise ValueError(
+            f"unknown scheduler {scheduler!r}: expected {LOCAL_SCHEDULER} or {KUBERNETES_SCHEDULER}"
+        )
     # Locally, keep every replica's log beside the stage's results instead of in a temporary directory.
-    local_logs = scheduler == LOCAL_SCHEDULER and "://" not in out
-    log_dir = storage.join(out, "logs") if local_logs else None
-    launch(app, scheduler, scheduler_cfg(scheduler, deployment, log_dir))
+    log_dir = storage.join(out, "logs") if "://" not in out else None
+    launch_local(app, scheduler_cfg(scheduler, deployment, log_dir))
 
 
 def _digest(values: list[str]) -> str:
@@ -288,6 +296,25 @@ class ConfusionLike(Protocol):
     def log_confusion_matrix(self, categories: list[str], matrix: list[list[int]]) -> None: ...
 
 
+def log_confusion(
+    classes: list[str], matrix: list[list[int]], videos: str, confusion: ConfusionLike, table: ArtifactLike
+) -> None:
+    """The confusion matrix of `videos` in the UI's viewer (up to reports.CONFUSION_MAX_CLASSES classes)
+    and, whatever the number of classes, as a CSV table."""
+    shown = len(classes) <= reports.CONFUSION_MAX_CLASSES
+    if shown:
+        confusion.log_confusion_matrix(classes, matrix)
+    with open(table.path, "w", newline="") as file:  # the csv module ends rows itself
+        file.write(reports.confusion_csv(classes, matrix))
+    table.metadata.update(
+        format="csv",
+        rows="true class",
+        columns=f"predicted class (video top-1) of {videos}",
+        classes=len(classes),
+        in_confusion_matrix_artifact=shown,
+    )
+
+
 def evaluate(
     cluster_json: str,
     stage: str,
@@ -296,11 +323,13 @@ def evaluate(
     model: ArtifactLike,
     metrics: MetricsLike,
     confusion: ConfusionLike,
+    confusion_csv: ArtifactLike,
     classes: ArtifactLike,
     curves: ArtifactLike,
 ) -> None:
     """Evaluate a trained stage on the evaluation split; what the Kubeflow UI shows of it: the metrics, a
-    confusion matrix (when there are few enough classes), the best and worst classes, the training curves."""
+    confusion matrix (up to reports.CONFUSION_MAX_CLASSES classes), the same matrix as a CSV table (always),
+    the best and worst classes, the training curves."""
     prepared = _read_pointer(BranchPointer, data)
     spec = branch_spec(prepared)
     deployment = Deployment.model_validate_json(cluster_json)
@@ -309,8 +338,9 @@ def evaluate(
     _run_trainer(spec, "evaluate", stage, scheduler, prepared, out, checkpoint, deployment)
     result = StageMetrics.read(layout.evaluation_metrics(prepared.branch_dir, stage))
     _log_metrics(metrics, result)
-    if result.confusion is not None:
-        confusion.log_confusion_matrix(result.classes, result.confusion)
+    assert result.confusion is not None  # the trainer keeps it for every evaluation
+    videos = f"{result.n_videos} {spec.evaluation.split} videos"
+    log_confusion(result.classes, result.confusion, videos, confusion, confusion_csv)
     what = result.per_class_measure
     with open(classes.path, "w") as table:
         table.write(f"## {stage}: classes by {what}\n\n{reports.class_table(result.per_class, what)}")

@@ -10,6 +10,7 @@ import argparse
 import time
 
 from mega3d.trainer import storage
+from mega3d.trainer.distributed import MissingGPUs, require_gpus
 from mega3d.trainer.records import StageJob
 from mega3d.trainer.spec import spec_from_json
 from mega3d.trainer.train import Trainer
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "evaluate" and not args.init:
         parser.error("evaluate needs --init CHECKPOINT")
 
+    try:
+        require_gpus()
+    except MissingGPUs as error:
+        raise SystemExit(f"error: {error}") from None
     spec = spec_from_json(storage.read_bytes(args.spec).decode())
     job = StageJob(
         stage=args.stage,

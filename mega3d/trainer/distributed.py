@@ -1,6 +1,9 @@
 """The process group a stage runs in: ranks from the torchrun environment, gloo on CPU, nccl on GPU.
 
-Without torchrun (a test, a benchmark) the process is a world of one on a free loopback port.
+Without torchrun (a test, a benchmark) the process is a world of one on a free loopback port. On a cluster
+node that was given GPUs, a process that finds fewer GPUs than its node has processes must stop at once
+(`require_gpus`), saying what torch and the node report: it would otherwise train on CPU while the node's
+GPUs sit reserved and idle.
 """
 
 from __future__ import annotations
@@ -8,10 +11,15 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from mega3d.trainer import environment
+
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,39 @@ def init_distributed() -> Rank:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if use_cuda else "gloo")
     return Rank(dist.get_rank(), dist.get_world_size(), device)
+
+
+class MissingGPUs(RuntimeError):
+    """A node that was given GPUs, where torch sees fewer than the node's processes."""
+
+
+def require_gpus() -> None:
+    """Where the node was given GPUs (`MEGA3D_GPUS_REQUIRED`), MissingGPUs unless torch sees one for each
+    of the node's processes."""
+    if not os.environ.get(environment.GPUS_REQUIRED):
+        return
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found >= processes:
+        return
+    node = os.environ.get(environment.NODE_NAME) or socket.gethostname()
+    cuda = torch.version.cuda or "none (a CPU build of torch)"
+    raise MissingGPUs(
+        f"node {node}: this stage was given GPUs, but torch sees {found} CUDA device(s) for {processes} "
+        f"process(es) (torch {torch.__version__}, built for CUDA {cuda}; NVIDIA driver {nvidia_driver()}): "
+        "stopping rather than training on CPU"
+    )
+
+
+def nvidia_driver() -> str:
+    """The loaded NVIDIA kernel module's version, as the driver reports it in /proc."""
+    try:
+        first = NVIDIA_DRIVER.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return "not loaded"
+    words = first.split()
+    # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024"
+    return next((word for word in words if word[:1].isdigit() and "." in word), first.strip())
 
 
 def gather(value: Any) -> list[Any]:

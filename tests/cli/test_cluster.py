@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,7 @@ def test_submit_sends_the_compiled_pipeline_to_the_experiment(api: KfpApi, setti
     [created] = [r for r in api.posts() if r.path == f"{PREFIX}/runs"]
     assert created.body["experiment_id"] == experiment_named(api, EXPERIMENT)
     assert created.body["runtime_config"]["parameters"] == {}  # compiled defaults throughout
+    assert created.body["service_account"] == "mega3d-launcher"  # k8s/base's, not the profile's default
     assert_quickstart_pipeline_on_the_bucket(created.body)
     [run_id] = api.runs
     assert f"run id: {run_id}" in result.stdout
@@ -159,10 +162,34 @@ def test_schedule_creates_a_recurring_run(api: KfpApi, settings: Path, command: 
     assert body["display_name"] == "nightly"
     assert body["experiment_id"] == experiment_named(api, EXPERIMENT)
     assert body["runtime_config"]["parameters"] == {"skip_if_trained": True}
+    assert body["service_account"] == "mega3d-launcher"
     assert_quickstart_pipeline_on_the_bucket(body)
     assert created.headers["authorization"] == f"Bearer {TOKEN}"
     [recurring_run_id] = api.recurring_runs
     assert f"recurring run id: {recurring_run_id}" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("setting", "environment", "sent"),
+    [
+        ("run_service_account: null\n", {}, None),
+        ("", {"MEGA3D_RUN_SERVICE_ACCOUNT": "team-runner"}, "team-runner"),
+    ],
+    ids=["server default", "from the environment"],
+)
+def test_runs_execute_as_the_settings_run_service_account(
+    api: KfpApi, tmp_path: Path, setting: str, environment: dict[str, str], sent: str | None
+) -> None:
+    settings = settings_file(tmp_path, f"bucket: {BUCKET}\n{setting}")
+    options = connection(api, settings)
+    submitted = mega3d("submit", QUICKSTART, *options, env=environment)
+    scheduled = mega3d("schedule", QUICKSTART, "--cron", CRON, *options, env=environment)
+
+    assert submitted.exit_code == 0, submitted.output
+    assert scheduled.exit_code == 0, scheduled.output
+    bodies = [r.body for r in api.posts() if r.path in (f"{PREFIX}/runs", f"{PREFIX}/recurringruns")]
+    assert len(bodies) == 2
+    assert [body.get("service_account") for body in bodies] == [sent, sent]
 
 
 def test_schedule_takes_a_mistyped_subcommand_for_one(api: KfpApi, settings: Path) -> None:
@@ -267,6 +294,129 @@ def test_wait_gives_up_at_the_timeout(api: KfpApi, settings: Path) -> None:
 
     assert result.exit_code == 124, result.output
     assert f"run {run_id} is still RUNNING after 0.2 s" in result.stderr
+
+
+UPLOADS = {
+    "submit": ["submit", QUICKSTART],
+    "schedule": ["schedule", QUICKSTART, "--cron", CRON],
+}
+
+
+@pytest.mark.parametrize("command", list(UPLOADS))
+def test_a_server_older_than_the_minimum_is_refused_before_anything_is_uploaded(
+    settings: Path, command: str
+) -> None:
+    with kfp_api(token=TOKEN, tag_name="2.16.1") as api:
+        result = mega3d(*UPLOADS[command], *connection(api, settings))
+
+        assert result.exit_code == 2, result.output
+        [line] = result.stderr.strip().splitlines()
+        assert f"Kubeflow Pipelines at {api.url} is 2.16.1, older than 2.17.0" in line
+        assert "min_kfp_server" in line and "Traceback" not in result.output
+        assert [r.path for r in api.requests] == [f"{PREFIX}/healthz"]
+
+
+@pytest.mark.parametrize(
+    ("tag_name", "minimum"),
+    [("2.17.0", None), ("v2.18.1", None), ("2.17.0-rc.1", None), ("2.5.0", "2.5.0")],
+    ids=["the minimum", "newer, v-prefixed", "its pre-release", "older, allowed by min_kfp_server"],
+)
+def test_a_server_at_the_minimum_or_allowed_by_the_settings_is_used(
+    tmp_path: Path, tag_name: str, minimum: str | None
+) -> None:
+    settings = settings_file(
+        tmp_path, f"bucket: {BUCKET}\n" + (f"min_kfp_server: {minimum}\n" if minimum else "")
+    )
+    with kfp_api(token=TOKEN, tag_name=tag_name) as api:
+        result = mega3d("submit", QUICKSTART, *connection(api, settings))
+
+        assert result.exit_code == 0, result.output
+        assert result.stderr == ""
+        assert len(api.runs) == 1
+
+
+@pytest.mark.parametrize("tag_name", ["unknown", "", "master"])
+def test_a_server_that_reports_no_release_gets_the_pipeline_with_a_warning(
+    settings: Path, tag_name: str
+) -> None:
+    with kfp_api(token=TOKEN, tag_name=tag_name) as api:
+        result = mega3d("submit", QUICKSTART, *connection(api, settings))
+
+        assert result.exit_code == 0, result.output
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("warning: ") and f"(tag_name {tag_name!r})" in line and "2.17.0" in line
+        assert len(api.runs) == 1
+
+
+def test_commands_that_upload_nothing_work_with_an_older_server(settings: Path) -> None:
+    with kfp_api(token=TOKEN, tag_name="2.5.0") as api:
+        run_id = api.add_run("quickstart", ["RUNNING"], api.add_experiment(EXPERIMENT))
+        result = mega3d("runs", "list", *connection(api, settings))
+
+        assert result.exit_code == 0, result.output
+        assert run_id in result.stdout and result.stderr == ""
+
+
+def test_a_host_that_does_not_answer_as_kubeflow_pipelines_is_one_line(settings: Path) -> None:
+    class Dashboard(BaseHTTPRequestHandler):
+        """Answers every path with a page, as the Kubeflow central dashboard does."""
+
+        def do_GET(self) -> None:
+            page = b"<!doctype html><title>Kubeflow Central Dashboard</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Dashboard)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        host = f"http://127.0.0.1:{server.server_address[1]}"
+        result = mega3d("submit", QUICKSTART, "--host", host, "--settings", settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert f"{host} does not answer as the Kubeflow Pipelines API" in line
+    assert "Traceback" not in result.output
+
+
+def staged_spec(tmp_path: Path, stage: str, nnodes: int, gpus: int, **changes: Any) -> Path:
+    """The quickstart with one stage ('pretrain' or 'finetune') on `nnodes` nodes of `gpus` GPUs."""
+    spec = yaml.safe_load(QUICKSTART.read_text())
+    spec.update(changes)
+    target = spec["pretrain"] if stage == "pretrain" else spec["finetune"][0]
+    target["resources"].update(nnodes=nnodes, gpus=gpus, nproc_per_node=gpus)
+    path = tmp_path / "gpus.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("settings_text", "changes"),
+    [
+        (f"bucket: {BUCKET}\nqueue_gpus: null\n", {}),
+        (f"bucket: {BUCKET}\n", {"sweep": {"pretrain_datasets": [[]]}}),
+    ],
+    ids=["queue of unknown size", "a stage no branch runs"],
+)
+def test_a_big_stage_is_submitted_when_nothing_says_the_queue_is_smaller(
+    api: KfpApi, tmp_path: Path, settings_text: str, changes: dict[str, Any]
+) -> None:
+    spec = staged_spec(tmp_path, "pretrain", 8, 8, **changes)  # 64 GPUs, more than the default 32
+
+    result = mega3d("submit", spec, *connection(api, settings_file(tmp_path, settings_text)))
+
+    assert result.exit_code == 0, result.output
+    assert len(api.runs) == 1
 
 
 def closed_port_url() -> str:
@@ -392,6 +542,38 @@ BAD_INPUTS: dict[str, tuple[BadInput, str]] = {
             settings,
         ],
         "give the scheme, e.g. https://127.0.0.1:",
+    ),
+    "stage beyond the queue's GPUs": (
+        lambda api, settings, tmp: [
+            "submit",
+            staged_spec(tmp, "finetune", 4, 16),
+            *connection(api, settings),
+        ],
+        "gpus.yaml: finetune[0].resources: 4 nodes x 16 GPUs = 64 GPUs at once, more than queue_gpus 32",
+    ),
+    "scheduled stage beyond the queue's GPUs": (
+        lambda api, settings, tmp: [
+            "schedule",
+            staged_spec(tmp, "pretrain", 2, 8),
+            "--cron",
+            CRON,
+            "--host",
+            api.url,
+            "--settings",
+            settings_file(tmp, f"bucket: {BUCKET}\nqueue_gpus: 8\n"),
+        ],
+        "gpus.yaml: pretrain.resources: 2 nodes x 8 GPUs = 16 GPUs at once, more than queue_gpus 8",
+    ),
+    "bad min_kfp_server": (
+        lambda api, settings, tmp: [
+            "submit",
+            QUICKSTART,
+            "--host",
+            api.url,
+            "--settings",
+            settings_file(tmp, f"bucket: {BUCKET}\nmin_kfp_server: latest\n"),
+        ],
+        "min_kfp_server 'latest' (settings, $MEGA3D_MIN_KFP_SERVER): give a Kubeflow Pipelines release",
     ),
     "local storage and no bucket": (
         lambda api, settings, tmp: ["submit", QUICKSTART, "--host", api.url, "--token", TOKEN],

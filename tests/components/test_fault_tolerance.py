@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from mega3d.components.train import trainer
-from mega3d.pipelines.launcher import LaunchError, free_port, launch
+from mega3d.pipelines.launcher import LaunchError, free_port, launch_local
 from mega3d.trainer.data.format import index_uri
 from mega3d.trainer.data.synth import synthesize
 from mega3d.trainer.spec import SyntheticSpec, parse_spec
@@ -56,7 +56,7 @@ def train_stage(spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixtu
         rdzv_port=free_port(),
     )
     try:
-        launch(app, "local_cwd", {"log_dir": str(out / "logs")})
+        launch_local(app, {"log_dir": str(out / "logs")})
     except LaunchError as error:
         tail = "\n".join(capsys.readouterr().out.splitlines()[-60:])
         pytest.fail(f"{error}\nthe end of its log:\n{tail}", pytrace=False)

@@ -4,7 +4,10 @@ Core kinds are checked against Kubernetes' own schemas (kubernetes-validate), cu
 openAPIV3Schema of their CustomResourceDefinition, kept under tests/k8s/schemas/, with unknown fields
 rejected as `kubectl apply` (strict field validation) rejects them. Then what the objects mean: the
 launcher's RBAC is exactly what it uses, training pods get no API access, the PodMonitor selects the pods
-TorchX makes of mega3d's trainer, a namespace override moves everything.
+TorchX makes of mega3d's trainer and the NetworkPolicy lets Prometheus reach every port it scrapes, a
+namespace override moves everything. kubernetes-validate's schemas of a pinned Kubernetes release
+(KUBERNETES_VERSION, generated from that release's OpenAPI spec) check the core kinds, NetworkPolicy among
+them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import yaml
 from torchx.schedulers.kubernetes_scheduler import pod_labels
 
 from mega3d.components.train import trainer
+from mega3d.pipelines.settings import Deployment
 from tests.k8s.test_kustomize import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,6 +133,7 @@ def test_every_manifest_under_k8s_is_part_of_the_build() -> None:
         "Role",
         "RoleBinding",
         "PodMonitor",
+        "NetworkPolicy",
         "PrometheusRule",
         "ConfigMap",
     }
@@ -146,6 +151,10 @@ BROKEN = [
     ("RoleBinding", ["roleRef", "kind"], None),
     ("ServiceAccount", ["automountServiceAccountToken"], "no"),
     ("ConfigMap", ["data", "mega3d-dashboard.json"], {"title": "a mapping, not a string"}),
+    ("NetworkPolicy", ["spec", "ingress", 0, "form"], []),  # misspelled `from`
+    ("NetworkPolicy", ["spec", "policyTypes"], "Ingress"),  # a list
+    ("NetworkPolicy", ["spec", "ingress", 0, "ports", 0, "port"], {"name": "metrics-0"}),  # int or string
+    ("NetworkPolicy", ["spec", "ingress", 0, "from", 0, "namespaceSelector", "matchLabels"], ["monitoring"]),
 ]
 
 
@@ -175,18 +184,18 @@ def test_metadata_checks_catch_mistakes() -> None:
 # Least privilege.
 
 LAUNCHER_GRANTS = {
-    # TorchX's kubernetes scheduler, as pipelines/launcher.py uses it (create, describe, describe_native,
-    # log_iter, delete), plus reading jobs and pods as a set.
+    # TorchX's kubernetes scheduler and mega3d.pipelines.volcano, as pipelines/launcher.py uses them
+    # (tests/pipelines/test_kubernetes.py records every request of a run against this list).
     ("batch.volcano.sh", "jobs", "create"),
     ("batch.volcano.sh", "jobs", "get"),
     ("batch.volcano.sh", "jobs", "list"),
-    ("batch.volcano.sh", "jobs", "watch"),
+    ("batch.volcano.sh", "jobs", "patch"),
     ("batch.volcano.sh", "jobs", "delete"),
     ("batch.volcano.sh", "jobs/status", "get"),
     ("", "pods", "get"),
     ("", "pods", "list"),
-    ("", "pods", "watch"),
     ("", "pods/log", "get"),
+    ("", "events", "list"),
 }
 
 
@@ -246,6 +255,15 @@ def test_everything_is_labelled_and_in_the_namespace_of_the_kustomization() -> N
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "mega3d", object_id(obj)
 
 
+def test_the_default_settings_are_what_the_base_creates() -> None:
+    """Settings left at their defaults find the base's namespace, queue, its GPUs and the launcher account."""
+    defaults = Deployment()
+    queue = the("Queue", defaults.queue)
+    assert defaults.namespace == yaml.safe_load((BASE / "kustomization.yaml").read_text())["namespace"]
+    assert defaults.queue_gpus == int(queue["spec"]["capability"]["nvidia.com/gpu"])
+    assert the("ServiceAccount", defaults.run_service_account)["metadata"]["namespace"] == defaults.namespace
+
+
 def test_an_overlay_moves_everything_into_its_namespace(tmp_path: Path) -> None:
     overlay = tmp_path / "team-video"
     overlay.mkdir()
@@ -280,6 +298,61 @@ def test_the_pod_monitor_scrapes_one_port_per_local_rank() -> None:
     assert {e["path"] for e in endpoints} == {"/metrics"}
     # Container port names are IANA service names: at most 15 characters.
     assert all(len(e["port"]) <= 15 for e in endpoints)
+
+
+def unadmitted_scrapes(policy: dict[str, Any], monitor: dict[str, Any]) -> list[str]:
+    """What keeps the NetworkPolicy from admitting the PodMonitor's scrapes, from Prometheus only: it must
+    select exactly the pods the PodMonitor selects, and admit every port it scrapes from one peer that is
+    both the monitoring namespace and Prometheus' pods (two peers would each admit alone)."""
+    problems = []
+    spec = policy["spec"]
+    if spec["podSelector"] != monitor["spec"]["selector"]:
+        problems.append(f"selects {spec['podSelector']}, the PodMonitor {monitor['spec']['selector']}")
+    if spec.get("policyTypes") != ["Ingress"] or "egress" in spec:
+        problems.append(f"policyTypes {spec.get('policyTypes')}: only ingress is to change")
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }
+    scraped = {endpoint["port"] for endpoint in monitor["spec"]["podMetricsEndpoints"]}
+    for rule in spec.get("ingress", []):
+        if rule.get("from") != [prometheus]:
+            problems.append(f"admits {rule.get('from')}, not only Prometheus' pods")
+        admitted = {port["port"] for port in rule.get("ports", []) if port.get("protocol", "TCP") == "TCP"}
+        if admitted != scraped:
+            problems.append(f"admits TCP ports {sorted(admitted)}, the PodMonitor scrapes {sorted(scraped)}")
+    if not spec.get("ingress"):
+        problems.append("no ingress rule")
+    return problems
+
+
+def test_the_network_policy_admits_prometheus_to_every_port_the_pod_monitor_scrapes() -> None:
+    assert unadmitted_scrapes(the("NetworkPolicy"), the("PodMonitor")) == []
+    # The ports the trainer component declares, on a node with the most ranks the PodMonitor scrapes.
+    app = trainer(
+        "train", "--spec", "spec.json", name="k700", nnodes=2, gpus=8, nproc_per_node=8, metrics_port=9400
+    )
+    admitted = {port["port"] for port in the("NetworkPolicy")["spec"]["ingress"][0]["ports"]}
+    assert {name for name in app.roles[0].port_map if name.startswith("metrics-")} == admitted
+
+
+def test_the_network_policy_check_catches_drift() -> None:
+    monitor, policy = the("PodMonitor"), the("NetworkPolicy")
+    monitor["spec"]["podMetricsEndpoints"].append({"port": "metrics-8", "path": "/metrics"})
+    assert unadmitted_scrapes(policy, monitor)
+    policy = the("NetworkPolicy")
+    policy["spec"]["podSelector"]["matchLabels"]["torchx.pytorch.org/role-name"] = "worker"
+    assert unadmitted_scrapes(policy, the("PodMonitor"))
+    policy = the("NetworkPolicy")
+    peer = policy["spec"]["ingress"][0]["from"][0]
+    policy["spec"]["ingress"][0]["from"] = [
+        {"namespaceSelector": peer["namespaceSelector"]},
+        {"podSelector": peer["podSelector"]},
+    ]
+    assert unadmitted_scrapes(policy, the("PodMonitor"))
+    policy = the("NetworkPolicy")
+    policy["spec"]["ingress"][0]["ports"][0]["protocol"] = "UDP"
+    assert unadmitted_scrapes(policy, the("PodMonitor"))
 
 
 def test_the_dashboard_is_generated_for_grafanas_sidecar() -> None:

@@ -131,10 +131,11 @@ def test_promotion_needs_a_better_score_on_the_same_evaluation_sets() -> None:
 def test_the_sweep_compiles_into_nested_parallel_fors(tmp_path: Path) -> None:
     spec = parse_spec(tiny_sweep_spec(tmp_path))
     path = tmp_path / "sweep.yaml"
-    compile_pipeline(spec, str(path))
+    compile_pipeline(spec, str(path), Deployment(sweep_parallelism=1))
     ir = json_format.ParseDict(next(yaml.safe_load_all(path.read_text())), pipeline_spec_pb2.PipelineSpec())
     sweep = ir.root.dag.tasks["for-loop-2"]
     assert sweep.parameter_iterator.items.raw == json.dumps(["c50", "c100"])
+    assert sweep.iterator_policy.parallelism_limit == 1  # one branch (and its jobs) at a time
     loop = ir.components[sweep.component_ref.name].dag
     branches = next(task for name, task in loop.tasks.items() if name.startswith("condition-branches"))
     conditions = ir.components[branches.component_ref.name].dag.tasks.values()
@@ -145,6 +146,7 @@ def test_the_sweep_compiles_into_nested_parallel_fors(tmp_path: Path) -> None:
     body = ir.components[trained.component_ref.name].dag
     targets = next(task for name, task in body.tasks.items() if name.startswith("for-loop"))
     assert targets.parameter_iterator.items.raw == json.dumps(["motion-c", "motion-a-ft"])
+    assert not targets.HasField("iterator_policy")  # a branch's targets all run side by side
     assert {"pretrain", "register"} <= set(body.tasks)
 
 

@@ -7,13 +7,15 @@ After an intended change of the job: UPDATE_GOLDEN=1 pytest tests/pipelines
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import warnings
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -34,12 +36,13 @@ from mega3d.pipelines.launcher import (
     KUBERNETES_SCHEDULER,
     LOCAL_SCHEDULER,
     LaunchError,
-    cluster_app,
+    cluster_request,
     job_name,
-    launch,
+    launch_on_cluster,
     scheduler_cfg,
 )
-from mega3d.pipelines.settings import CREDENTIALS_DIR, Deployment, Toleration
+from mega3d.pipelines.settings import CREDENTIALS_DIR, STEP_POD_NAME, STEP_POD_UID, Deployment, Toleration
+from mega3d.pipelines.volcano import JobIdentity, Owner, VolcanoJobs
 from mega3d.trainer import layout
 from mega3d.trainer.data.format import index_uri
 from tests.conftest import ROOT
@@ -61,11 +64,13 @@ DEPLOYMENT = Deployment(
     tolerations=[GPU_TOLERATION],
 )
 RUN = "gs://team-videos/mega3d/quickstart/runs/run-1"
+IDENTITY = JobIdentity("quickstart", "run-1", "", "pretrain", "train")
+STEP_POD = Owner("quickstart-abcde-system-container-impl-1234567890", "0c4e7f5a-uid-of-the-step-pod")
 
 
 def gpu_app(nnodes: int, name: str = "quickstart-pretrain") -> AppDef:
-    """The quickstart's pretraining as the launcher builds it for a cluster: nnodes x 8 GPUs."""
-    app = trainer(
+    """The quickstart's pretraining as the launcher builds it: nnodes x 8 GPUs."""
+    return trainer(
         *("train", "--spec", f"{RUN}/{layout.SPEC_FILE}", "--stage", "pretrain"),
         *(
             "--data-index",
@@ -81,18 +86,15 @@ def gpu_app(nnodes: int, name: str = "quickstart-pretrain") -> AppDef:
         cpu=96,
         memory_gb=640,
         max_retries=3,
-        env=DEPLOYMENT.trainer_environment(one_host=False),
+        env=DEPLOYMENT.trainer_environment(one_host=False, run_id="run-1", branch=""),
         metrics_port=DEPLOYMENT.metrics_port or 0,
     )
-    return cluster_app(app, DEPLOYMENT)
 
 
-def volcano_job(app: AppDef) -> dict[str, Any]:
-    """TorchX's Volcano Job for the app, as the API server would receive it; no API server is asked."""
-    cfg = {**scheduler_cfg(KUBERNETES_SCHEDULER, DEPLOYMENT, None), "validate_spec": False}
-    with warnings.catch_warnings():  # TorchX warns about Volcano's retries of old versions
-        warnings.simplefilter("ignore", UserWarning)
-        info = get_runner().dryrun(app, KUBERNETES_SCHEDULER, cfg=cfg)
+def volcano_job(app: AppDef, deployment: Deployment = DEPLOYMENT) -> dict[str, Any]:
+    """The Volcano Job the launcher creates for the app, as the API server would receive it; no API server
+    is asked."""
+    info = cluster_request(get_runner(), app, deployment, IDENTITY, STEP_POD)
     return cast(dict[str, Any], sanitize_for_serialization(info.request.resource))
 
 
@@ -156,7 +158,10 @@ def test_volcano_job_runs_every_node_on_the_gpu_nodes_with_storage_credentials(
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
         assert pod_spec["serviceAccountName"] == "mega3d-trainer"
-        assert pod_spec["securityContext"] == {"runAsNonRoot": True}
+        assert pod_spec["securityContext"] == {
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
         (secret,) = [volume for volume in pod_spec["volumes"] if "secret" in volume]
         assert secret["secret"] == {"secretName": "gcs-key"} and set(secret) == {"name", "secret"}
         mount = next(m for m in container["volumeMounts"] if m["name"] == secret["name"])
@@ -214,7 +219,7 @@ def closed(schema: Any) -> Any:
 
 def test_a_cpu_role_stays_off_the_gpu_nodes_and_without_a_secret_nothing_is_mounted() -> None:
     app = trainer("evaluate", name="quickstart-evaluate", nnodes=1, gpus=0)
-    (pod,) = pods(volcano_job(cluster_app(app, DEPLOYMENT.model_copy(update={"credentials_secret": None}))))
+    (pod,) = pods(volcano_job(app, DEPLOYMENT.model_copy(update={"credentials_secret": None})))
     assert "tolerations" not in pod["spec"] and pod["spec"]["nodeSelector"] == {}
     assert [volume["name"] for volume in pod["spec"]["volumes"]] == ["dshm"]
     assert "GOOGLE_APPLICATION_CREDENTIALS" not in {
@@ -222,24 +227,33 @@ def test_a_cpu_role_stays_off_the_gpu_nodes_and_without_a_secret_nothing_is_moun
     }
 
 
-def test_job_names_are_kept_when_they_fit() -> None:
-    assert job_name("quickstart", "pretrain") == "quickstart-pretrain"
+def test_job_names_say_experiment_branch_stage_and_run_and_are_kept_when_they_fit() -> None:
+    run = "3f2a9c1d-7b1e-4c3a-9d2e-0a1b2c3d4e5f"  # a KFP run id
+    assert job_name("quickstart", "", "pretrain", run) == "quickstart-pretrain-3f2a9c1d"
+    assert job_name("sweep", "lr0-1", "pretrain", run) == "sweep-lr0-1-pretrain-3f2a9c1d"
 
 
 def test_long_or_unsafe_names_are_cut_to_dns_labels_that_stay_apart() -> None:
     experiment = "kinetics700-mit-r3d-50-lr-sweep"  # specs allow names of up to 32 characters
     stages = ["finetune-ucf101-split1", "finetune-ucf101-split2", "finetune-hmdb51-split1"]
-    names = [job_name(experiment, stage) for stage in stages]
-    assert len(set(names)) == len(stages)
-    assert names == [job_name(experiment, stage) for stage in stages]  # the same name every time
-    unsafe = [job_name("My_Experiment", "Stage 1"), job_name("3d-resnets", "pretrain"), job_name("", "")]
+    names = [job_name(experiment, "", stage, "run-1") for stage in stages]
+    names += [job_name(experiment, branch, stages[0], "run-1") for branch in ("lr-0.1", "lr-0.01")]
+    names += [job_name(experiment, "", stages[0], "run-2")]
+    assert len(set(names)) == len(names)
+    again = [job_name(experiment, "", stage, "run-1") for stage in stages]
+    assert names[:3] == again  # the same name every time
+    unsafe = [
+        job_name("My_Experiment", "", "Stage 1", "r"),
+        job_name("3d-resnets", "", "pretrain", "r"),
+        job_name("", "", "", ""),
+    ]
     for name in names + unsafe:
         assert len(name) <= APP_NAME_LIMIT and DNS_LABEL.match(name), name
     assert names[0].startswith("kinetics700-mit-r3d-50-lr-") and unsafe[1].startswith("job-3d-resnets")
 
 
 def test_every_pod_name_is_a_dns_label_for_the_longest_names_and_1000_nodes() -> None:
-    longest = job_name("e" * 32, "s" * 32)
+    longest = job_name("e" * 32, "b" * 32, "s" * 32, "r" * 36)
     job = volcano_job(gpu_app(nnodes=1000, name=longest))
     names = [pod["metadata"]["name"] for pod in pods(job)]
     assert len(names) == 1000 and all(DNS_LABEL.match(name) for name in names)
@@ -255,8 +269,11 @@ def test_scheduler_options() -> None:
         "namespace": "vision",
         "queue": "gpu-training",
         "service_account": "mega3d-trainer",
+        "validate_spec": False,
     }
-    assert "service_account" not in scheduler_cfg(KUBERNETES_SCHEDULER, Deployment(), None)
+    defaults = scheduler_cfg(KUBERNETES_SCHEDULER, Deployment(), None)
+    assert "service_account" not in defaults and "priority_class" not in defaults
+    assert (defaults["namespace"], defaults["queue"]) == ("mega3d", "mega3d")  # k8s/base's
     with pytest.raises(ValueError, match="unknown scheduler 'slurm'"):
         scheduler_cfg("slurm", DEPLOYMENT, None)
 
@@ -300,13 +317,13 @@ def test_launch_creates_the_volcano_job_streams_its_logs_and_follows_it_to_the_e
     phases = ["Pending", "Pending", *["Running"] * 20, "Completed"]
     with FakeKubernetes(phases, log_lines=growing_log) as fake:
         use_fake_cluster(fake)
-        app = gpu_app(nnodes=2)
-        launch(app, KUBERNETES_SCHEDULER, scheduler_cfg(KUBERNETES_SCHEDULER, DEPLOYMENT, None))
+        launch_on_cluster(gpu_app(nnodes=2), DEPLOYMENT, IDENTITY)
         job = fake.created_job()
     jobs = "/apis/batch.volcano.sh/v1alpha1/namespaces/vision/jobs"
-    checked, created = fake.recorded("POST", f"^{jobs}$")
-    assert checked.query == {"dryRun": ["All"]} and "dryRun" not in created.query  # TorchX checks first
+    (created,) = fake.recorded("POST", f"^{jobs}$")
     assert created.authorization == "Bearer fake-token"
+    # One request per status reading: the job's status subresource.
+    assert len(fake.recorded("GET", "/jobs/[^/]+/status$")) == job.status_reads
     body = created.body
     assert body["spec"]["queue"] == "gpu-training" and len(body["spec"]["tasks"]) == 2
     for task in body["spec"]["tasks"]:
@@ -328,10 +345,8 @@ def test_a_failed_volcano_job_fails_the_step_with_its_reason(
     failed = {"reason": "PodFailed", "message": "trainer-1 exited with code 1"}
     with FakeKubernetes(["Pending", "Running", "Failed"], **failed) as fake:
         use_fake_cluster(fake)
-        with pytest.raises(LaunchError, match=r"ended FAILED: PodFailed: trainer-1 exited with code 1$"):
-            launch(
-                gpu_app(nnodes=2), KUBERNETES_SCHEDULER, scheduler_cfg(KUBERNETES_SCHEDULER, DEPLOYMENT, None)
-            )
+        with pytest.raises(LaunchError, match=r"ended Failed: PodFailed: trainer-1 exited with code 1$"):
+            launch_on_cluster(gpu_app(nnodes=2), DEPLOYMENT, IDENTITY)
 
 
 RBAC = ROOT / "k8s" / "base" / "launcher-rbac.yaml"
@@ -346,62 +361,307 @@ def authorised_as(request: Request) -> tuple[str, str, str]:
     match = API_PATH.match(request.path)
     assert match is not None, request.path
     resource = "/".join(part for part in (match["resource"], match["subresource"]) if part)
-    verb = {"POST": "create", "DELETE": "delete"}.get(request.method) or ("get" if match["name"] else "list")
-    return match["group"] or "", resource, verb
+    verb = {"POST": "create", "DELETE": "delete", "PATCH": "patch"}.get(request.method)
+    return match["group"] or "", resource, verb or ("get" if match["name"] else "list")
 
 
-def launcher_role_grants(group: str, resource: str, verb: str) -> bool:
+def launcher_role() -> set[tuple[str, str, str]]:
+    """Every (group, resource, verb) the launcher's Role grants."""
     role = next(doc for doc in yaml.safe_load_all(RBAC.read_text()) if doc and doc["kind"] == "Role")
-    return any(
-        group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+    return {
+        (group, resource, verb)
         for rule in role["rules"]
-    )
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
-def test_the_launcher_needs_no_more_than_its_role_grants(
-    use_fake_cluster: Callable[[FakeKubernetes], Path],
-) -> None:
-    with FakeKubernetes(["Pending", "Running", "Completed"], log_lines=growing_log) as fake:
-        use_fake_cluster(fake)
-        launch(gpu_app(nnodes=2), KUBERNETES_SCHEDULER, scheduler_cfg(KUBERNETES_SCHEDULER, DEPLOYMENT, None))
-    needed = {authorised_as(request) for request in fake.requests}
-    assert {need for need in needed if not launcher_role_grants(*need)} == set()
+def step_environment(kubeconfig: Path, pod: Owner) -> dict[str, str]:
+    """A step pod's environment: the kubeconfig instead of in-cluster credentials, and the pod's name and
+    UID as the downward API gives them."""
+    env = {key: value for key, value in os.environ.items() if key != "KUBERNETES_SERVICE_HOST"}
+    return {**env, "KUBECONFIG": str(kubeconfig), STEP_POD_NAME: pod.name, STEP_POD_UID: pod.uid}
 
 
-# A pipeline step's launcher, in a process of its own that the test can send SIGTERM to.
+# A pipeline step's launcher, in a process of its own that the test can signal or kill.
 LAUNCHER = """
 import sys
 from mega3d.components.train import trainer
-from mega3d.pipelines.launcher import KUBERNETES_SCHEDULER, cluster_app, launch, scheduler_cfg
+from mega3d.pipelines.launcher import launch_on_cluster
 from mega3d.pipelines.settings import Deployment
+from mega3d.pipelines import launcher
+from mega3d.pipelines.volcano import JobIdentity
+launcher.STATUS_POLL_SECONDS["kubernetes"], launcher.LOG_RETRY_SECONDS = 0.1, 0.2  # as use_fake_cluster
 deployment = Deployment.model_validate_json(sys.argv[1])
-app = cluster_app(trainer("train", name="quickstart-pretrain", nnodes=2, gpus=8), deployment)
-launch(app, KUBERNETES_SCHEDULER, scheduler_cfg(KUBERNETES_SCHEDULER, deployment, None))
+identity = JobIdentity("quickstart", "run-1", "", "pretrain", "train")
+launch_on_cluster(trainer("train", name="quickstart-pretrain", nnodes=2, gpus=8), deployment, identity)
 """
 
 
-def test_a_cancelled_step_deletes_its_volcano_job(use_fake_cluster: Callable[[FakeKubernetes], Path]) -> None:
+def start_step(kubeconfig: Path, pod: Owner) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, DEPLOYMENT.model_dump_json()],
+        cwd=ROOT,
+        env=step_environment(kubeconfig, pod),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_cancelled_step_sends_one_delete_at_once(
+    use_fake_cluster: Callable[[FakeKubernetes], Path],
+) -> None:
     with FakeKubernetes(["Pending", "Running"]) as fake:  # running until deleted
-        kubeconfig = use_fake_cluster(fake)
-        env = {key: value for key, value in os.environ.items() if key != "KUBERNETES_SERVICE_HOST"}
-        step = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, DEPLOYMENT.model_dump_json()],
-            cwd=ROOT,
-            env={**env, "KUBECONFIG": str(kubeconfig)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        step = start_step(use_fake_cluster(fake), STEP_POD)
         try:
             fake.wait_until(lambda: bool(fake.jobs) and fake.created_job().phase == "Running")
             name = fake.created_job().resource["metadata"]["name"]
+            before = len(fake.requests)
             step.send_signal(signal.SIGTERM)
             output, _ = step.communicate(timeout=15)
         finally:
             step.kill()
     assert step.returncode == 128 + signal.SIGTERM, output
-    assert [r.path for r in fake.recorded("DELETE")] == [
-        f"/apis/batch.volcano.sh/v1alpha1/namespaces/vision/jobs/{name}"
-    ]
+    jobs = "/apis/batch.volcano.sh/v1alpha1/namespaces/vision/jobs"
+    after = [(r.method, r.path) for r in fake.requests[before:] if r.path.startswith(jobs)]
+    # Between the signal and the DELETE, at most the one status reading that was already under way.
+    assert after[-1] == ("DELETE", f"{jobs}/{name}") and len(after) <= 2, after
+    assert [r.path for r in fake.recorded("DELETE")] == [f"{jobs}/{name}"]
     assert not fake.jobs and f"deleting kubernetes://torchx/vision:{name}" in output
-    assert launcher_role_grants(*authorised_as(fake.recorded("DELETE")[0]))
+    assert authorised_as(fake.recorded("DELETE")[0]) in launcher_role()
+
+
+def test_the_job_is_owned_by_the_step_pod_labelled_for_its_step_and_kept_an_hour_after_it_ends(
+    quickstart_job: dict[str, Any],
+) -> None:
+    metadata = quickstart_job["metadata"]
+    assert metadata["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": STEP_POD.name, "uid": STEP_POD.uid}
+    ]
+    assert metadata["labels"] == {
+        "mega3d.io/experiment": "quickstart",
+        "mega3d.io/run": "run-1",
+        "mega3d.io/branch": "",
+        "mega3d.io/stage": "pretrain",
+        "mega3d.io/task": "train",
+    }
+    assert quickstart_job["spec"]["ttlSecondsAfterFinished"] == 3600
+    # The owner reference as Kubernetes reads it: an ObjectMeta of a Pod, checked against its schema.
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x", **metadata},
+        "spec": {"containers": []},
+    }
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_labels_of_any_branch_or_run_are_label_values_that_stay_apart() -> None:
+    branches = ["lr=0.1,wd=1e-4", "lr=0.1,wd=1e-5", "x" * 80, "a/b", ""]
+    values = [
+        JobIdentity("e", "run", branch, "pretrain", "train").labels()["mega3d.io/branch"]
+        for branch in branches
+    ]
+    assert len(set(values)) == len(values)
+    for value in values:
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": {"k": value}}},
+            kubernetes_validate.latest_version(),
+            strict=True,
+        )
+        assert re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", value) and len(value) <= 63
+
+
+def test_memory_is_given_in_gibibytes() -> None:
+    (pod, *_) = pods(volcano_job(gpu_app(nnodes=1)))
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["limits"]["memory"] == "655360Mi"  # 640 GiB, the stage's memory_gb
+    assert resources["requests"]["memory"] == f"{640 * 1024 - 1024}Mi"  # less TorchX's reserve
+
+
+def test_training_pods_meet_the_restricted_pod_security_level() -> None:
+    """The checks of the "restricted" level that a pod's own fields decide (k8s.io/pod-security-admission
+    policy: runAsNonRoot, seccompProfile RuntimeDefault|Localhost, allowPrivilegeEscalation false,
+    capabilities drop ALL and add at most NET_BIND_SERVICE, volumes of the allowed types, no host
+    namespaces, ports or privileged containers)."""
+    allowed_volumes = {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+    for pod in pods(volcano_job(gpu_app(nnodes=2))):
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+        for volume in spec["volumes"]:
+            assert set(volume) - {"name"} <= allowed_volumes, volume
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and not security.get("privileged")
+            assert security["capabilities"] == {"drop": ["ALL"]}
+            assert not any(port.get("hostPort") for port in container.get("ports", []))
+
+
+def test_pod_settings_of_the_platform_reach_the_job() -> None:
+    deployment = DEPLOYMENT.model_copy(
+        update={
+            "priority_class": "training-low",
+            "pod_annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"},
+        }
+    )
+    job = volcano_job(gpu_app(nnodes=1), deployment)
+    assert job["spec"]["priorityClassName"] == "training-low"
+    (pod,) = pods(job)
+    assert pod["metadata"]["annotations"] == {
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+        "sidecar.istio.io/inject": "false",
+    }
+    # Volcano gives the job's priorityClassName to each task whose template names none (its docs, "How to
+    # configure priorityclass for job"), and the pods' priority follows.
+    assert "priorityClassName" not in pod["spec"]
+
+
+def test_gpu_nodes_refuse_to_train_without_gpus_and_say_where() -> None:
+    (gpu_pod, *_) = pods(volcano_job(gpu_app(nnodes=1)))
+    env = {var["name"]: var for var in gpu_pod["spec"]["containers"][0]["env"]}
+    assert env["MEGA3D_GPUS_REQUIRED"]["value"] == "1"
+    assert env["MEGA3D_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    (cpu_pod,) = pods(volcano_job(trainer("evaluate", name="quickstart-evaluate", nnodes=1, gpus=0)))
+    assert "MEGA3D_GPUS_REQUIRED" not in {var["name"] for var in cpu_pod["spec"]["containers"][0]["env"]}
+
+
+def test_the_launcher_needs_exactly_what_its_role_grants(
+    use_fake_cluster: Callable[[FakeKubernetes], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Across a run (waiting, pending reasons, running, done) and a step started again (find, adopt), the
+    launcher asks for nothing its Role lacks, and the Role grants nothing the launcher does not use."""
+    monkeypatch.setenv(STEP_POD_NAME, STEP_POD.name)
+    monkeypatch.setenv(STEP_POD_UID, STEP_POD.uid)
+    phases = ["Pending", "Pending", "Running", "Completed"]
+    with FakeKubernetes(phases, log_lines=growing_log, unschedulable="0/3 nodes are available") as fake:
+        use_fake_cluster(fake)
+        launch_on_cluster(gpu_app(nnodes=2), DEPLOYMENT, IDENTITY)
+        monkeypatch.setenv(STEP_POD_UID, "uid-of-a-second-attempt")
+        launch_on_cluster(gpu_app(nnodes=2), DEPLOYMENT, IDENTITY)  # finds the completed job: adopts it
+        # What a cancelled step sends (test_a_cancelled_step_sends_one_delete_at_once sends it by SIGTERM).
+        VolcanoJobs(DEPLOYMENT.namespace).delete(fake.created_job().resource["metadata"]["name"])
+    needed = {authorised_as(request) for request in fake.requests}
+    assert needed == launcher_role()
+
+
+def test_a_step_started_again_follows_the_job_of_its_first_attempt(
+    use_fake_cluster: Callable[[FakeKubernetes], Path],
+) -> None:
+    """The first attempt's pod is killed (OOM, a lost node) while its job runs; the retried step finds the
+    job by its labels, adds itself to its owners and follows it to the end: one job, not two."""
+    phases = ["Pending", *["Running"] * 40, "Completed"]
+    with FakeKubernetes(phases) as fake:
+        kubeconfig = use_fake_cluster(fake)
+        first = start_step(kubeconfig, STEP_POD)
+        try:
+            fake.wait_until(lambda: bool(fake.jobs) and fake.created_job().phase == "Running")
+        finally:
+            first.kill()  # SIGKILL: no handler runs, as when the kernel's OOM killer ends the container
+        first.wait()
+        second_pod = Owner("quickstart-abcde-system-container-impl-2222222222", "uid-of-the-retried-pod")
+        second = start_step(kubeconfig, second_pod)
+        output, _ = second.communicate(timeout=60)
+        job = fake.created_job()  # still the one job
+    assert second.returncode == 0, output
+    assert len(fake.recorded("POST")) == 1 and "which an earlier attempt of this step launched" in output
+    assert [ref["uid"] for ref in job.resource["metadata"]["ownerReferences"]] == [
+        STEP_POD.uid,
+        second_pod.uid,
+    ]
+    assert job.phase == "Completed"
+
+
+def test_a_failed_job_is_not_followed_again_a_retried_step_submits_anew(
+    use_fake_cluster: Callable[[FakeKubernetes], Path],
+) -> None:
+    with FakeKubernetes(["Running", "Failed"]) as fake:
+        use_fake_cluster(fake)
+        with pytest.raises(LaunchError, match="ended Failed"):
+            launch_on_cluster(gpu_app(nnodes=1), DEPLOYMENT, IDENTITY)
+        fake.phases = ["Running", "Completed"]
+        launch_on_cluster(gpu_app(nnodes=1), DEPLOYMENT, IDENTITY)
+    assert len(fake.recorded("POST")) == 2 and len(fake.jobs) == 2
+
+
+def test_status_reads_outlast_an_api_server_outage(
+    use_fake_cluster: Callable[[FakeKubernetes], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A control-plane upgrade: the API server refuses connections for a while; the step waits it out and
+    follows its job to the end."""
+    phases = ["Pending", *["Running"] * 10, "Completed"]
+    with FakeKubernetes(phases) as fake:
+        use_fake_cluster(fake)
+        step = threading.Thread(target=launch_on_cluster, args=(gpu_app(nnodes=1), DEPLOYMENT, IDENTITY))
+        step.start()
+        fake.wait_until(lambda: bool(fake.jobs) and fake.created_job().phase == "Running")
+        with fake.outage():
+            time.sleep(2)
+        step.join(timeout=60)
+        job = fake.created_job()
+    assert not step.is_alive() and job.phase == "Completed"
+    assert "the Kubernetes API does not answer" in capsys.readouterr().out
+
+
+def test_a_longer_outage_than_allowed_fails_the_step_and_says_so(
+    use_fake_cluster: Callable[[FakeKubernetes], Path],
+) -> None:
+    deployment = DEPLOYMENT.model_copy(update={"api_outage_minutes": 0.02})  # 1.2 s
+    with FakeKubernetes(["Running"]) as fake:
+        use_fake_cluster(fake)
+        failure: list[BaseException] = []
+
+        def step() -> None:
+            try:
+                launch_on_cluster(gpu_app(nnodes=1), deployment, IDENTITY)
+            except LaunchError as error:
+                failure.append(error)
+
+        thread = threading.Thread(target=step)
+        thread.start()
+        fake.wait_until(lambda: bool(fake.jobs) and fake.created_job().status_reads > 0)
+        with fake.outage():
+            thread.join(timeout=30)
+    assert not thread.is_alive()
+    (error,) = failure
+    assert "the Kubernetes API did not answer for" in str(error) and "api_outage_minutes: 0.02" in str(error)
+
+
+def test_a_job_that_cannot_be_scheduled_says_why_and_is_deleted_after_the_pending_deadline(
+    use_fake_cluster: Callable[[FakeKubernetes], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    why = "0/4 nodes are available: 4 node(s) didn't match Pod's node affinity/selector."
+    deployment = DEPLOYMENT.model_copy(update={"pending_minutes": 0.02})
+    with FakeKubernetes(["Pending"], unschedulable=why) as fake:
+        use_fake_cluster(fake)
+        with pytest.raises(LaunchError, match=r"was not scheduled within 0.02 min \(pending_minutes\)"):
+            launch_on_cluster(gpu_app(nnodes=2), deployment, IDENTITY)
+    printed = capsys.readouterr().out
+    assert f"waits to be scheduled: Unschedulable: {why}" in printed
+    assert f"waits to be scheduled: FailedScheduling: {why}" in printed
+    assert printed.count(why) == 2  # each reason once, however often it is read
+    assert not fake.jobs and len(fake.recorded("DELETE")) == 1
+
+
+def test_status_reads_back_off_while_a_job_is_pending(
+    use_fake_cluster: Callable[[FakeKubernetes], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(launcher, "PENDING_POLL_MAX_SECONDS", 0.8)
+    with FakeKubernetes([*["Pending"] * 6, "Running", "Completed"]) as fake:
+        use_fake_cluster(fake)
+        launch_on_cluster(gpu_app(nnodes=1), DEPLOYMENT, IDENTITY)
+    reads = [r.time for r in fake.recorded("GET", "/jobs/[^/]+/status$")]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reads)]
+    assert gaps[0] < 0.35 and max(gaps[:6]) > 0.7  # 0.1 s doubling up to the cap

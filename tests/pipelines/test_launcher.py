@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from torchx import specs
 
-from mega3d.pipelines.launcher import PORT_FLOOR, LaunchError, free_port, launch
+from mega3d.pipelines.launcher import PORT_FLOOR, LaunchError, free_port, launch_local
 from mega3d.pipelines.local import ExecutorLogFilter
 
 
@@ -25,14 +25,14 @@ def python_app(name: str, code: str, replicas: int = 1, max_retries: int = 0) ->
 
 
 def test_launch_streams_every_replicas_log(capsys: pytest.CaptureFixture[str]) -> None:
-    launch(python_app("hello", "import sys; print('hello from', sys.argv[1])", replicas=2), "local_cwd")
+    launch_local(python_app("hello", "import sys; print('hello from', sys.argv[1])", replicas=2))
     printed = capsys.readouterr().out
     assert "node0 | hello from 0" in printed and "node1 | hello from 1" in printed
 
 
 def test_a_failed_job_fails_the_step() -> None:
     with pytest.raises(LaunchError, match=r"TorchX job local_cwd://.* ended FAILED"):
-        launch(python_app("boom", "raise SystemExit(3)"), "local_cwd")
+        launch_local(python_app("boom", "raise SystemExit(3)"))
 
 
 def test_a_failed_local_job_is_started_again_up_to_its_retries(
@@ -45,11 +45,11 @@ def test_a_failed_local_job_is_started_again_up_to_its_retries(
         "n = len(f.read_text()) if f.exists() else 0; f.write_text('x' * (n + 1)); "
         "print('attempt', n + 1); sys.exit(0 if n + 1 == 2 else 1)"
     )
-    launch(python_app("flaky", code, max_retries=2), "local_cwd")
+    launch_local(python_app("flaky", code, max_retries=2))
     assert attempts.read_text() == "xx" and "starting it again (2 retries left)" in capsys.readouterr().out
     attempts.unlink()
     with pytest.raises(LaunchError, match="ended FAILED"):
-        launch(python_app("broken", code.replace("n + 1 == 2", "False"), max_retries=1), "local_cwd")
+        launch_local(python_app("broken", code.replace("n + 1 == 2", "False"), max_retries=1))
     assert attempts.read_text() == "xx"  # the first run and one retry
 
 

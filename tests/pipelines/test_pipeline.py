@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from mega3d.cli.main import app
 from mega3d.pipelines.pipeline import compile_pipeline
-from mega3d.pipelines.settings import Deployment
+from mega3d.pipelines.settings import STEP_POD_NAME, STEP_POD_UID, Deployment
 from mega3d.trainer.spec import load_spec
 from tests.conftest import QUICKSTART, ROOT, mega3d
 
@@ -57,6 +57,7 @@ def test_ir_parses_into_a_pipeline_spec(tmp_path: Path) -> None:
     assert {name: artifact.artifact_type.schema_title for name, artifact in shown.items()} == {
         "metrics": "system.Metrics",
         "confusion": "system.ClassificationMetrics",
+        "confusion_csv": "system.Artifact",
         "classes": "system.Markdown",
         "curves": "system.HTML",
     }
@@ -82,6 +83,40 @@ def test_steps_are_light_non_root_and_reach_storage_through_a_secret_reference(t
         env = {e.struct_value.fields["name"].string_value: e.struct_value.fields["value"].string_value
                for e in container["env"].list_value.values}  # fmt: skip
         assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/mega3d/key.json"}
+
+
+def test_steps_run_in_the_step_image_and_training_pods_get_the_training_image(tmp_path: Path) -> None:
+    deployment = Deployment(
+        image="registry.example/mega3d-trainer:1.0", step_image="registry.example/launcher:1.0"
+    )
+    text = compiled(tmp_path, deployment)
+    spec = pipeline_spec(text)
+    images = {
+        name: executor.struct_value.fields["container"].struct_value.fields["image"].string_value
+        for name, executor in spec.deployment_spec.fields["executors"].struct_value.fields.items()
+    }
+    assert len(images) == 8 and set(images.values()) == {"registry.example/launcher:1.0"}
+    cluster_json = spec.root.input_definitions.parameters["cluster_json"].default_value.string_value
+    assert Deployment.model_validate_json(cluster_json).image == "registry.example/mega3d-trainer:1.0"
+
+
+def test_the_steps_that_launch_jobs_and_only_they_know_their_own_pod(tmp_path: Path) -> None:
+    """The downward API hands the step's pod name and UID to the steps that submit TorchX jobs."""
+    for text in (compiled(tmp_path), GOLDEN.read_text()):
+        _, platform = yaml.safe_load_all(text)
+        executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        own_pod = {
+            name: executor["fieldPathAsEnv"]
+            for name, executor in executors.items()
+            if "fieldPathAsEnv" in executor
+        }
+        assert own_pod == {
+            name: [
+                {"name": STEP_POD_NAME, "fieldPath": "metadata.name"},
+                {"name": STEP_POD_UID, "fieldPath": "metadata.uid"},
+            ]
+            for name in ("exec-pretrain", "exec-finetune", "exec-evaluate")
+        }
 
 
 EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
