@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 out = Console(highlight=False)
 if not out.is_terminal:
@@ -17,7 +18,14 @@ err = Console(stderr=True, highlight=False)
 DATA_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, ImportError)
 
 
+def shown(text: object) -> str:
+    """User text (a path, a dataset key, a class name, an exception's message) as rich prints it literally:
+    `[/b]` in a file name is text, not markup."""
+    return escape(str(text))
+
+
 def fail(lines: list[str], code: int = 2) -> NoReturn:
+    """End the command: each line (plain text, never markup) after "error:", then exit with `code`."""
     for line in lines:
-        err.print(f"[red]error:[/red] {line}", soft_wrap=True)
+        err.print(f"[red]error:[/red] {shown(line)}", soft_wrap=True)
     raise typer.Exit(code)
