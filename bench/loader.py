@@ -11,7 +11,10 @@ seed) each time:
     ref        the reference loader (3D-ResNets-PyTorch style, written here): per clip a random 16-frame
                window, per frame PIL.Image.open(...).convert("RGB"), PIL crop, PIL bilinear resize, PIL
                flip, to float tensor and normalise, then torch.stack
-    local      mega3d `TrainingClips` on a local dataset stored at short side 128 (the default)  (a)
+    local      mega3d `TrainingClips` on a local dataset stored at short side 128 (the default)  (a);
+               it checks whole videos' digests for about VERIFY_SHARE of the bytes it reads, as training does
+    local-full the same, checking the digest of every clip's whole video
+    local-none the same, checking no digest: `local` and `local-full` are compared with it
     local-240  the same at short side 240: the reference's resolution, to compare like with like
     gcs        the short-side-128 dataset in the GCS emulator over loopback, read with gcsfs          (c)
     gcs-1.1    the same, the emulator's request handler speaking HTTP/1.1 so that it keeps connections
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import math
 import os
 import pstats
 import random
@@ -58,7 +62,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from mega3d.testing import gcs_emulator
 from mega3d.trainer.data.augment import normalize
 from mega3d.trainer.data.clips import TrainingClips
-from mega3d.trainer.data.format import JPEG_QUALITY, DatasetIndex, index_uri, load_index
+from mega3d.trainer.data.format import JPEG_QUALITY, VERIFY_SHARE, DatasetIndex, index_uri, load_index
 from mega3d.trainer.data.ingest import Options, Source, SourceVideo, ingest
 from mega3d.trainer.spec import ClipSpec
 
@@ -148,6 +152,11 @@ def real_footage(frames: int, width: int, height: int) -> Iterator[np.ndarray]:
     windows = [
         film[start : start + frames] for film in films for start in range(0, len(film) - frames + 1, step)
     ]
+    if not windows:  # nothing to cycle through: the loop below would never yield
+        longest = max(len(film) for film in films)
+        raise SystemExit(
+            f"--frames {frames}: the real footage has {longest} frames at most (--footage synthetic)"
+        )
     while True:
         yield from windows
 
@@ -338,10 +347,15 @@ def time_variant(variant: Variant, clips: int, warmup: int, seed: int) -> Round:
 
 
 def mega3d_variant(
-    name: str, what: str, index: DatasetIndex, server: int | None = None, cache_dir: str | None = None
+    name: str,
+    what: str,
+    index: DatasetIndex,
+    server: int | None = None,
+    cache_dir: str | None = None,
+    verify_share: float = VERIFY_SHARE,
 ) -> Variant:
     augmentation = ClipSpec(frames=CLIP_FRAMES, size=CLIP_SIZE)  # the paper's crops, flips and statistics
-    clips = TrainingClips(index, "training", augmentation, cache_dir=cache_dir)
+    clips = TrainingClips(index, "training", augmentation, cache_dir=cache_dir, verify_share=verify_share)
     if cache_dir is not None:
         for i in range(len(clips)):  # the first epoch fills the cache
             clips[i]
@@ -404,6 +418,13 @@ def report(variants: list[Variant], results: dict[str, list[Round]]) -> None:
                 f"per clip beside this process's {mine:.2f} ms ({1000 / (server + mine):.1f} clips per CPU-s "
                 "of both)"
             )
+    # Each round's ratio to local-none in the same round, then their median: rounds are interleaved, so a
+    # neighbour's load that slows one round slows both sides of its ratio.
+    print("\ndigest checks (clips per CPU-s against local-none, median of per-round ratios):")
+    for name, what in (("local-full", "every clip"), ("local", f"{VERIFY_SHARE:.0%} of bytes (as training)")):
+        pairs = zip(results[name], results["local-none"], strict=True)
+        ratio = statistics.median((r.clips / r.cpu) / (none.clips / none.cpu) for r, none in pairs)
+        print(f"  {what:<30} {ratio:6.3f}x  ({1 - ratio:.1%} of throughput lost)")
     print("\ntargets (per CPU-s = per core: CPU time of this process):")
     target(f"local >= {TARGET_PER_CORE:.0f} clips per CPU-s", per_cpu["local"], TARGET_PER_CORE, "")
     target(f"local >= {TARGET_VS_REF:.0f}x ref, per CPU-s", per_cpu["local"] / per_cpu["ref"], TARGET_VS_REF)
@@ -442,7 +463,15 @@ def build_variants(tmp: str, args: argparse.Namespace, stack: ExitStack | None) 
             stored,
             float(np.mean(files)),
         ),
-        mega3d_variant("local", "mega3d shards, local disk", local[args.short_side]),
+        mega3d_variant(
+            "local",
+            f"mega3d shards, local disk, digests of {VERIFY_SHARE:.0%} of bytes read",
+            local[args.short_side],
+        ),
+        mega3d_variant(
+            "local-full", "the same, digest of every clip", local[args.short_side], verify_share=math.inf
+        ),
+        mega3d_variant("local-none", "the same, no digest", local[args.short_side], verify_share=0),
     ]
     if args.short_side != 240:
         variants.append(mega3d_variant("local-240", "mega3d shards, local disk, short side 240", local[240]))

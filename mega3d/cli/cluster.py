@@ -28,7 +28,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from mega3d.cli.console import err, fail, out
+from mega3d.cli.console import err, fail, out, shown
 from mega3d.pipelines.settings import MIN_KFP_SERVER, Deployment, load_settings
 from mega3d.trainer.spec import ExperimentSpec, Problem, SpecError, load_spec, validation_problems
 
@@ -214,11 +214,11 @@ def check_server(cluster: Cluster, oldest: tuple[int, int, int], minimum: str) -
     version = cluster.server_version
     release = release_of(version)
     if release is None:
-        err.print(
-            f"[yellow]warning:[/yellow] Kubeflow Pipelines at {cluster.host} reports no release "
-            f"(tag_name {version!r}): cannot tell whether it is {minimum} or newer; submitting anyway",
-            soft_wrap=True,
+        warning = (
+            f"Kubeflow Pipelines at {cluster.host} reports no release (tag_name {version!r}): cannot tell "
+            f"whether it is {minimum} or newer; submitting anyway"
         )
+        err.print(f"[yellow]warning:[/yellow] {shown(warning)}", markup=True, soft_wrap=True)
     elif release < oldest:
         fail(
             [

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +38,9 @@ def progress_of(what: str) -> Iterator[Callable[[int, int], None]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if err.is_terminal:
-        columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        # The description as text: `what` names user paths, which may hold markup or format braces.
+        description = TextColumn("{task.description}", markup=False)
+        columns = (description, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err, transient=True) as progress:
             bar = progress.add_task(what, total=None)
             yield lambda done, total: progress.update(bar, completed=done, total=total)
@@ -86,15 +90,31 @@ def synth(
         )
     except ValidationError as error:
         fail([f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in error.errors(include_url=False)])
+    end_cleanly_on_sigterm()
     try:
         with progress_of("synthesizing") as progress:
-            index = synthesize(uri, params, progress)
+            index = synthesize(uri, params, progress, warn)
     except DATA_ERRORS as error:
         fail([message(error, uri)])
+    except MemoryError:
+        fail(
+            [f"{uri}: not enough memory for videos of {frames} frames of {size}x{size}; try a smaller --size"]
+        )
     out.print(
         f"wrote {len(index)} videos of {params.classes} classes to {uri}: {', '.join(class_names(params))}",
         soft_wrap=True,
     )
+
+
+def warn(line: str) -> None:
+    err.print(f"warning: {line}", soft_wrap=True)
+
+
+def end_cleanly_on_sigterm() -> None:
+    """SIGTERM (a pod stopped, a pipeline step cancelled) ends a writing command as Ctrl-C does, through
+    its clean-up: workers are stopped and the dataset's lock is released, so the next run need not wait
+    for the lock to go stale."""
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
 
 def load_dataset(uri: str) -> DatasetIndex:
@@ -165,9 +185,11 @@ def ingest(
     """Convert an existing dataset into mega3d's format; unreadable videos are listed, not dropped.
 
     Re-running the same command after an interruption resumes it: finished shards are kept."""
+    from mega3d.trainer.data.format import DatasetError
     from mega3d.trainer.data.ingest import (
         Options,
         Source,
+        format_hint,
         read_activitynet,
         read_hmdb51,
         read_reference,
@@ -196,10 +218,18 @@ def ingest(
     options = Options(short_side=short_side, fps=fps, shard_bytes=round(shard_mb * (1 << 20)))
     try:
         videos = readers[source_format]()
+    except DatasetError as error:
+        fail([f"{error}{format_hint(annotations, source_format.value)}"])
+    end_cleanly_on_sigterm()
+    try:
         with progress_of("ingesting") as progress:
-            index = ingest_source(output, videos, options, workers, progress)
+            index = ingest_source(output, videos, options, workers, progress, warn)
     except DATA_ERRORS as error:
         fail([message(error, output)])
+    except MemoryError:
+        fail(
+            [f"{output}: not enough memory to decode the videos; try fewer --workers, a smaller --short-side"]
+        )
     out.print(
         f"wrote {len(index)} videos of {len(index.classes)} classes to {output} "
         f"({len(index.shards)} shards, fingerprint {index.fingerprint})"
@@ -283,10 +313,17 @@ def stats(
     ] = None,
 ) -> None:
     """Classes, videos, frames, hours, bytes, per-split counts, smallest and largest classes."""
+    from mega3d.trainer.data.format import shard_problems
     from mega3d.trainer.data.ops import plot_class_histogram
     from mega3d.trainer.data.ops import stats as dataset_stats
 
     index = load_dataset(uri)
+    try:
+        incomplete = shard_problems(index)
+    except DATA_ERRORS as error:
+        fail([message(error, uri)])
+    if incomplete:  # figures of videos that cannot be read would mislead
+        fail([f"{uri}: {problem}" for problem in incomplete])
     numbers = dataset_stats(index)
     splits = ", ".join(f"{count} {split}" for split, count in numbers["splits"].items())
     kind = "multi-label " if numbers["multi_label"] else ""
@@ -309,3 +346,37 @@ def stats(
         except DATA_ERRORS as error:
             fail([f"--plot {plot}: {error}"])
         out.print(f"  wrote {plot}")
+
+
+@data_app.command()
+def verify(
+    uri: Annotated[str, typer.Argument(help="The dataset.", show_default=False)],
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Threads reading and hashing; default: 4 per CPU core, at most 32."),
+    ] = None,
+) -> None:
+    """Check every video's stored bytes against the digest its index recorded.
+
+    Exit code 0 and a summary line when every video matches.
+
+    Else exit code 2, one line per bad video: id, shard, and digest mismatch, missing or short shard."""
+    from mega3d.trainer.data.verify import DEFAULT_WORKERS, verify_dataset
+
+    index = load_dataset(uri)
+    started = time.monotonic()
+    try:
+        with progress_of("verifying") as progress:
+            result = verify_dataset(index, workers or DEFAULT_WORKERS, progress)
+    except DATA_ERRORS as error:
+        fail([message(error, uri)])
+    if result.bad:
+        fail(
+            [f"{uri}: video {video.id!r} in {video.shard}: {video.problem}" for video in result.bad]
+            + [f"{uri}: {len(result.bad)} of {result.videos} videos do not match the index"]
+        )
+    out.print(
+        f"{uri}: all {result.videos:,} videos match their digests ({result.bytes / 1e6:,.1f} MB in "
+        f"{result.shards} shards, {time.monotonic() - started:.1f} s)",
+        soft_wrap=True,
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 from enum import StrEnum
@@ -17,7 +18,7 @@ from typing import Annotated
 import typer
 
 from mega3d.cli.cluster import runs_app, schedule_app, submit
-from mega3d.cli.console import DATA_ERRORS, fail, out
+from mega3d.cli.console import DATA_ERRORS, err, fail, out, shown
 from mega3d.cli.data import data_app
 from mega3d.cli.predict import predict
 from mega3d.cli.report import report
@@ -84,11 +85,16 @@ def compile_command(
     out.print(f"wrote {output} (pipeline mega3d-{experiment.name})")
 
 
+def _show(line: str) -> None:
+    """A line of the run as it goes: written as it is (no markup), at once."""
+    print(line, flush=True)
+
+
 def missing_inputs(spec: ExperimentSpec, source: str) -> list[str]:
-    """Datasets that neither exist nor can be synthesized, and checkpoints that do not exist: found before
-    any step runs."""
+    """Datasets that neither exist nor can be synthesized, existing datasets that are damaged or
+    incomplete, and checkpoints that do not exist: found before any step runs."""
     from mega3d.trainer import storage
-    from mega3d.trainer.data.format import index_uri
+    from mega3d.trainer.data.format import dataset_problems, index_uri
     from mega3d.trainer.spec import is_checkpoint_uri
 
     used = sorted({name for stage in spec.stage_names() for name in spec.stage_datasets(stage)})
@@ -103,6 +109,14 @@ def missing_inputs(spec: ExperimentSpec, source: str) -> list[str]:
         for i, stage in enumerate(spec.finetune)
         if is_checkpoint_uri(stage.init_from) and not storage.exists(spec.under_storage(stage.init_from))
     ]
+    # An existing dataset must be whole: a damaged index or a missing or short shard would fail the run
+    # only once a stage reads it.
+    problems += [
+        f"{source}: datasets.{name}.uri: {problem}"
+        for name in used
+        if storage.exists(index_uri(spec.dataset_uri(name)))
+        for problem in dataset_problems(spec.dataset_uri(name))
+    ]
     return problems
 
 
@@ -111,7 +125,12 @@ def run(
     spec: SpecPath,
     run_id: Annotated[str, typer.Option(help="Run directory name; default: the current time.")] = "",
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Also show the KFP executor's logs.")
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show the run's whole log (run.log: KFP's own output too) as it is written.",
+        ),
     ] = False,
     skip_if_trained: Annotated[
         bool,
@@ -133,9 +152,11 @@ def run(
         str | None, typer.Option(help="Pushgateway URL that receives each stage's final metrics.")
     ] = None,
 ) -> None:
-    """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster)."""
+    """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster).
+    Shows each step, its progress and its result; the whole log goes to run.log in the run directory.
+    Ctrl-C or SIGTERM stops every process of the run (exit code 130 or 143)."""
     experiment = read_spec(spec)
-    from mega3d.pipelines.local import run_local
+    from mega3d.pipelines.local import plain_cause, supervise
     from mega3d.pipelines.settings import Deployment
     from mega3d.trainer import layout, storage
 
@@ -152,14 +173,34 @@ def run(
         fail([f"{spec}: storage {experiment.storage}: {error}"])
     if missing:
         fail(missing)
-    out.print(f"[bold]mega3d run[/bold] {summary(experiment)}", soft_wrap=True)
+    out.print(f"[bold]mega3d run[/bold] {shown(summary(experiment))}", markup=True, soft_wrap=True)
     out.print(f"run directory: {run_dir}", soft_wrap=True)
     started = time.monotonic()
+    endpoints = Deployment(metrics_port=metrics_port if metrics else None, pushgateway=pushgateway)
     try:
-        endpoints = Deployment(metrics_port=metrics_port if metrics else None, pushgateway=pushgateway)
-        run_local(experiment, run_id, verbose, skip_if_trained, endpoints)
-    except Exception as error:
-        fail([f"run {run_id} failed: {error}"], code=1)
+        outcome = supervise(
+            experiment.model_dump_json(exclude_none=True),
+            run_id,
+            run_dir,
+            skip_if_trained,
+            endpoints.cluster_json(),
+            _show,
+            verbose,
+        )
+    except OSError as error:  # the run directory cannot be made (a file in the way, no space, no rights)
+        fail([f"{spec}: storage {experiment.storage}: {plain_cause(error)}"])
+    if outcome.signal is not None:
+        name = signal.Signals(outcome.signal).name
+        err.print(
+            f"stopped: {name} ended run {run_id} and its {outcome.stopped} processes; its files stay in "
+            f"{run_dir} (log: {outcome.log}); `mega3d run {spec} --run-id OTHER` starts afresh",
+            soft_wrap=True,
+            markup=False,
+        )
+        raise typer.Exit(outcome.code)
+    if outcome.code != 0:
+        cause = outcome.cause or f"the pipeline process ended with exit code {outcome.code}"
+        fail([f"run {run_id} failed: {cause} (whole log: {outcome.log})"], code=1)
     from mega3d.cli.results import results_table
 
     out.print(results_table(experiment, run_dir))

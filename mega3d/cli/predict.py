@@ -14,8 +14,12 @@ from typing import Annotated
 
 import typer
 
-from mega3d.cli.console import fail, out
+from mega3d.cli.console import fail, out, shown
 from mega3d.trainer.records import Prediction
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def run_predict(command: list[str]) -> Prediction:
@@ -33,7 +37,9 @@ def run_predict(command: list[str]) -> Prediction:
             1,
         )
     try:
-        return Prediction.parse(json.loads((result.stdout.strip().splitlines() or [""])[-1]), "stdout")
+        last = (result.stdout.strip().splitlines() or [""])[-1]
+        # NaN, which json.loads takes by default, would pass on as a score: it is no JSON, nor a probability
+        return Prediction.parse(json.loads(last, parse_constant=_not_json), "stdout")
     except ValueError:  # not JSON, or not a prediction (RecordError)
         fail(
             [
@@ -86,22 +92,21 @@ def predict(
     command += ["--size", str(size)] if size else []
     answer = run_predict(command)
     if json_output:
-        typer.echo(json.dumps(answer.to_json()))
+        typer.echo(json.dumps(answer.to_json(), allow_nan=False))
         return
-    from rich.markup import escape
     from rich.table import Table
 
-    out.print(f"[bold]{escape(answer.video)}[/bold]", soft_wrap=True)
+    out.print(f"[bold]{shown(answer.video)}[/bold]", markup=True, soft_wrap=True)
     table = Table()
     table.add_column("rank", justify="right")
     table.add_column("label")
     table.add_column("probability", justify="right")
     for rank, entry in enumerate(answer.top, 1):
-        table.add_row(str(rank), escape(entry.label), f"{100 * entry.score:.2f}%")
+        table.add_row(str(rank), entry.label, f"{100 * entry.score:.2f}%")
     out.print(table)
     seen = f"{answer.frames} frames, {answer.seconds:.1f} s"
     out.print(
         f"averaged over {answer.windows} windows of {answer.window_frames} frames ({seen}); "
-        f"model {answer.arch} from {escape(answer.model)}",
+        f"model {answer.arch} from {answer.model}",
         soft_wrap=True,
     )

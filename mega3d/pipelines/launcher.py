@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -35,6 +36,7 @@ from torchx.schedulers.api import Stream
 from torchx.specs import AppDef, AppDryRunInfo, AppState, CfgVal, VolumeMount, make_app_handle
 from torchx.specs.overlays import JOIN, set_overlay
 
+from mega3d.pipelines.local import cause_in_log
 from mega3d.pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
 from mega3d.pipelines.volcano import JobIdentity, JobState, Owner, VolcanoJobs, finish_resource
 from mega3d.trainer import environment
@@ -56,10 +58,15 @@ RETRY_MAX_SECONDS = 60.0
 PORT_FLOOR = 10000
 # How soon a cluster log is opened again: its pod may not exist yet, or Volcano may have replaced it.
 LOG_RETRY_SECONDS = 5.0
+LOG_LINES_KEPT = 200  # of a local job's output, the last lines: where a failed job says why
 
 
 class LaunchError(RuntimeError):
-    pass
+    """`cause`: why the job failed, in a line a user can act on, where its processes' output says."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(f"{message}: {cause}" if cause else message)
+        self.cause = cause
 
 
 def free_port() -> int:
@@ -246,14 +253,20 @@ def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None) -> None:
     # local_cwd starts `torchrun` from PATH: use the one beside this interpreter.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     for attempt in range(retries + 1):
+        recent: deque[str] = deque(maxlen=LOG_LINES_KEPT)  # where the cause of a failure is read
         # Closed on leaving, not whenever it is garbage-collected: closing a local runner kills its jobs'
         # process groups, which must not happen once their ids may belong to a later attempt's processes.
         with get_runner() as runner:
             handle = runner.run(app, scheduler=LOCAL_SCHEDULER, cfg=cfg)
             print(f"launched {handle}", flush=True)
 
-            def open_log(role: str, replica: int, handle: str = handle) -> Iterable[str]:
-                return runner.log_lines(handle, role, k=replica, should_tail=True, streams=Stream.COMBINED)
+            def open_log(
+                role: str, replica: int, handle: str = handle, recent: deque[str] = recent
+            ) -> Iterable[str]:
+                lines = runner.log_lines(handle, role, k=replica, should_tail=True, streams=Stream.COMBINED)
+                for line in lines:
+                    recent.append(line)
+                    yield line
 
             with _on_sigterm(_exit_on_signal), _following(open_log, app, finished=None):
                 status = runner.wait(handle, wait_interval=STATUS_POLL_SECONDS[LOCAL_SCHEDULER])
@@ -265,8 +278,11 @@ def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None) -> None:
                 f"{handle} ended {state.name}: starting it again ({retries - attempt} retries left)",
                 flush=True,
             )
-    reason = status.msg if status is not None and status.msg else ""
-    raise LaunchError(f"{app.name}: TorchX job {handle} ended {state.name}{f': {reason}' if reason else ''}")
+    reason = status.msg if status is not None and status.msg not in ("", "<NONE>") else ""
+    raise LaunchError(
+        f"{app.name}: TorchX job {handle} ended {state.name}{f' ({reason})' if reason else ''}",
+        cause_in_log(list(recent)),
+    )
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

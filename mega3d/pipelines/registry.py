@@ -9,11 +9,13 @@ A record holds the run, the checkpoints, and per fine-tune target its evaluation
 fingerprint and split) and metrics. A challenger becomes champion only if it beats the champion on the same
 evaluation sets: the score is the mean over targets of video top-1 (mAP for multi-label targets), and a
 challenger whose targets were evaluated on other sets than the champion's is not promoted (it is recorded,
-and the decision says why).
+and the decision says why). A model with a score that is not a finite number (a diverged training) is
+neither registered nor promoted.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydantic import TypeAdapter, ValidationError
@@ -44,9 +46,24 @@ class Decision:
     champion: ModelRecord | None  # before the decision
 
 
+def non_finite(record: ModelRecord) -> list[str]:
+    """`target.field = value` for each of the record's scores that is not a finite number."""
+    return [
+        f"{name}.{field} = {value}"
+        for name, target in record.targets.items()
+        for field, value in target.model_dump().items()
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+
+
 def decide(challenger: ModelRecord, champion: ModelRecord | None) -> Decision:
+    broken = non_finite(challenger)
+    if broken:  # NaN compares false with everything: such a model must not win by accident
+        return Decision(False, f"scores are not finite ({', '.join(broken)})", champion)
     if champion is None:
         return Decision(True, "no champion yet", None)
+    if non_finite(champion):  # a champion from before scores were checked can never be beaten otherwise
+        return Decision(True, "the champion's scores are not finite", champion)
     if champion.evaluation_sets != challenger.evaluation_sets:
         return Decision(
             False, "evaluated on other sets than the champion (fingerprints differ): not comparable", champion
@@ -70,7 +87,14 @@ def read_history(uri: str) -> list[RegistryDecision]:
 
 
 def register(spec: ExperimentSpec, branch: str, challenger: ModelRecord, when: str) -> Decision:
-    """Store the challenger's record, promote it if it wins, and append the decision to the history."""
+    """Store the challenger's record, promote it if it wins, and append the decision to the history.
+    RecordError, with nothing written, for a challenger whose scores are not finite numbers."""
+    broken = non_finite(challenger)
+    if broken:
+        raise RecordError(
+            f"{challenger.model} of run {challenger.run_id}: scores are not finite ({', '.join(broken)}): "
+            "a diverged model is not registered"
+        )
     root = layout.registry_dir(spec, branch)
     challenger.write(record_uri(spec, branch, challenger.fingerprint))
     champion_uri = storage.join(root, CHAMPION_FILE)

@@ -7,10 +7,15 @@ the lineage and where each file is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+import os
 import time
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from mega3d.components.train import trainer
 from mega3d.pipelines import registry, reports
@@ -24,6 +29,7 @@ from mega3d.pipelines.launcher import (
     launch_on_cluster,
     scheduler_cfg,
 )
+from mega3d.pipelines.local import CAUSES_DIR, plain_cause
 from mega3d.pipelines.settings import Deployment
 from mega3d.pipelines.volcano import JobIdentity
 from mega3d.trainer import layout, storage
@@ -51,6 +57,32 @@ class MetricsLike(Protocol):
 
 
 Pointer = TypeVar("Pointer", bound=Record)
+Params = ParamSpec("Params")
+Returned = TypeVar("Returned")
+
+
+def reports_cause(
+    what: str,
+) -> Callable[[Callable[Params, Returned]], Callable[Params, Returned]]:
+    """A task that fails leaves its cause, one line, where `mega3d run` looks for it (CAUSES_DIR, set by
+    mega3d.pipelines.local), then fails the step as before. `what`: the task, as the line names it."""
+
+    def decorate(task: Callable[Params, Returned]) -> Callable[Params, Returned]:
+        @functools.wraps(task)
+        def reporting(*args: Params.args, **kwargs: Params.kwargs) -> Returned:
+            try:
+                return task(*args, **kwargs)
+            except Exception as error:
+                folder = os.environ.get(CAUSES_DIR)
+                if folder:
+                    stage = inspect.signature(task).bind(*args, **kwargs).arguments.get("stage")
+                    cause = {"step": what, "stage": stage, "cause": plain_cause(error)}
+                    Path(folder, f"{os.getpid()}.json").write_text(json.dumps(cause))
+                raise
+
+        return reporting
+
+    return decorate
 
 
 def _write_pointer(artifact: ArtifactLike, pointer: Record) -> None:
@@ -78,6 +110,7 @@ def ensure_dataset(spec: ExperimentSpec, name: str) -> str:
     return index_uri(uri)
 
 
+@reports_cause("preparing the run")
 def prepare_run(spec_json: str, run_id: str, run: ArtifactLike) -> None:
     """Keep the spec in the run directory, and make sure every dataset the run uses exists: synthetic ones
     are made here, once, before branches and targets run side by side."""
@@ -122,6 +155,7 @@ def _described(
     )
 
 
+@reports_cause("preparing the data")
 def prepare_branch(
     spec_json: str, name: str, skip_if_trained: bool, run: ArtifactLike, data: ArtifactLike
 ) -> str:
@@ -161,6 +195,7 @@ def prepare_branch(
     return PRETRAIN_THEN_FINETUNE
 
 
+@reports_cause("preparing the data")
 def prepare_target(stage: str, branch: ArtifactLike, data: ArtifactLike) -> None:
     """A fine-tune target's dataset (it exists: `prepare_run` made sure)."""
     prepared = _read_pointer(BranchPointer, branch)
@@ -259,6 +294,7 @@ def _log_metrics(metrics: MetricsLike, result: StageMetrics) -> None:
             metrics.log_metric(name, float(value))
 
 
+@reports_cause("training")
 def train(
     cluster_json: str,
     stage: str,
@@ -315,6 +351,56 @@ def log_confusion(
     )
 
 
+def _evaluated_in_training(
+    trained: StageMetrics,
+    spec: ExperimentSpec,
+    data: BranchPointer,
+    checkpoint: str,
+    deployment: Deployment,
+) -> bool:
+    """Whether the training job's own evaluation is the one an evaluation job would make: the same
+    checkpoint (the final one), data, split and settings, in one process on CPUs, nothing unreadable (the
+    training job counts its training clips too), and no metrics endpoint that would see an evaluation job.
+
+    One process: with several, each rank ends training with BatchNorm statistics of its own (DDP sends
+    rank 0's at the start of each step, then each rank updates its copy), and scores its windows with them,
+    while the checkpoint holds rank 0's. On GPUs, kernels chosen per process need not score alike."""
+    stage = spec.stage(trained.stage)
+    return (
+        trained.checkpoint == checkpoint
+        and trained.split == spec.evaluation.split
+        and trained.job.data_index == data.index
+        and trained.job.evaluation == spec.evaluation
+        and trained.job.spec == stage
+        and trained.job.model == spec.model
+        and trained.world_size == 1
+        and stage.resources.nnodes * stage.resources.nproc_per_node == 1
+        and stage.resources.gpus == 0
+        and trained.unreadable == 0
+        and deployment.pushgateway is None
+        and deployment.metrics_port is None
+    )
+
+
+def _keep_training_evaluation(
+    trained: StageMetrics, branch_dir: str, out: str, checkpoint: str
+) -> StageMetrics:
+    """The training job's evaluation as the evaluation step's results: the scores and per-video results
+    as they are; the job as an evaluation job of the checkpoint would have been; no history; no time."""
+    job = trained.job.model_copy(update={"out_dir": out, "init_checkpoint": checkpoint, "new_head": False})
+    result = trained.model_copy(update={"job": job, "history": [], "seconds": 0.0})
+    per_video = storage.join(layout.stage_dir(branch_dir, trained.stage), layout.RESULTS_FILE)
+    storage.write_bytes(storage.join(out, layout.RESULTS_FILE), storage.read_bytes(per_video))
+    result.write(layout.evaluation_metrics(branch_dir, trained.stage))
+    print(
+        f"[{trained.stage}] the training job evaluated {checkpoint} on the {trained.split} split already: "
+        "its scores are the evaluation's",
+        flush=True,
+    )
+    return result
+
+
+@reports_cause("evaluation")
 def evaluate(
     cluster_json: str,
     stage: str,
@@ -335,8 +421,13 @@ def evaluate(
     deployment = Deployment.model_validate_json(cluster_json)
     checkpoint = _read_pointer(ModelPointer, model).checkpoint
     out = layout.evaluation_dir(prepared.branch_dir, stage)
-    _run_trainer(spec, "evaluate", stage, scheduler, prepared, out, checkpoint, deployment)
-    result = StageMetrics.read(layout.evaluation_metrics(prepared.branch_dir, stage))
+    trained = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
+    local = scheduler == LOCAL_SCHEDULER
+    if local and _evaluated_in_training(trained, spec, prepared, checkpoint, deployment):
+        result = _keep_training_evaluation(trained, prepared.branch_dir, out, checkpoint)
+    else:
+        _run_trainer(spec, "evaluate", stage, scheduler, prepared, out, checkpoint, deployment)
+        result = StageMetrics.read(layout.evaluation_metrics(prepared.branch_dir, stage))
     _log_metrics(metrics, result)
     assert result.confusion is not None  # the trainer keeps it for every evaluation
     videos = f"{result.n_videos} {spec.evaluation.split} videos"
@@ -344,11 +435,11 @@ def evaluate(
     what = result.per_class_measure
     with open(classes.path, "w") as table:
         table.write(f"## {stage}: classes by {what}\n\n{reports.class_table(result.per_class, what)}")
-    trained = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
     with open(curves.path, "w") as page:
         page.write(reports.curves_html(trained.history, f"{spec.name} {stage}: training"))
 
 
+@reports_cause("registering the model")
 def register(branch: ArtifactLike, report: ArtifactLike) -> None:
     """Record the branch's trained model in the registry and promote it to champion if it beats the
     current one on the same evaluation sets."""

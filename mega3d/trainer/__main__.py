@@ -7,13 +7,16 @@ spec, the model and evaluation specs as they are, and this run's arguments.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+
+import torch.distributed as dist
 
 from mega3d.trainer import storage
 from mega3d.trainer.distributed import MissingGPUs, require_gpus
 from mega3d.trainer.records import StageJob
 from mega3d.trainer.spec import spec_from_json
-from mega3d.trainer.train import Trainer
+from mega3d.trainer.train import Diverged, Trainer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trainer.setup()
         if args.command == "train":
-            trainer.train()
+            try:
+                trainer.train()
+            except Diverged as error:
+                # Every rank stops at the same step. Rank 0 says why, once, before any rank exits: torchrun
+                # stops the other processes as soon as one ends.
+                if trainer.rank.is_main:
+                    print(f"error: {error}", file=sys.stderr, flush=True)
+                dist.barrier()
+                raise SystemExit(1) from None
             checkpoint = trainer.checkpoint_uri
         else:
             checkpoint = args.init

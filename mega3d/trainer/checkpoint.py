@@ -12,7 +12,16 @@ While a stage trains, `<stage>/checkpoints/` holds its last few epochs and a poi
     <stage>/checkpoints/latest.json     {"epoch": 5, "file": "epoch-00005.pt", "sha256": ...}
 
 An epoch's file is written, read back and compared with what was written, and only then does the pointer
-move: a reader (a restarted job) never sees a partial checkpoint, whenever the writer was stopped."""
+move: a reader (a restarted job) never sees a partial checkpoint, whenever the writer was stopped.
+
+Any other checkpoint mega3d writes (a stage's final `checkpoint.pt`, an imported model) is written, read
+back and compared the same way, and its SHA-256 is then recorded beside it, as `sha256sum` writes it:
+
+    <stage>/checkpoint.pt
+    <stage>/checkpoint.pt.sha256        "<sha256>  checkpoint.pt"
+
+`load_checkpoint` (predict, fine-tuning, evaluation, import) checks a file against that record when there
+is one; files mega3d did not write (reference .pth, a bare state_dict) have none and are read as they are."""
 
 from __future__ import annotations
 
@@ -33,7 +42,7 @@ from torch.optim import Optimizer
 from mega3d.trainer import storage
 from mega3d.trainer.distributed import Rank, gather
 from mega3d.trainer.model_catalog import canonical_name
-from mega3d.trainer.models.weights import WeightsError, parse_state, read_state
+from mega3d.trainer.models.weights import WeightsError, parse_state
 from mega3d.trainer.records import ClipShape, EpochRecord, Record
 from mega3d.trainer.schedule import LRSchedule
 from mega3d.trainer.spec import validation_problems
@@ -113,8 +122,30 @@ def _serialized(header: CheckpointHeader, tensors: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that did not store as written, or that no longer matches its pointer or its recorded
+    hash."""
+
+
+HASH_SUFFIX = ".sha256"
+
+
+def hash_uri(uri: str) -> str:
+    """Where the SHA-256 of the checkpoint at `uri` is recorded."""
+    return uri + HASH_SUFFIX
+
+
 def save_checkpoint(uri: str, header: CheckpointHeader, tensors: Mapping[str, Any]) -> None:
-    storage.write_bytes(uri, _serialized(header, tensors))
+    """Write a checkpoint, check that it reads back as written, then record its SHA-256 beside it."""
+    data = _serialized(header, tensors)
+    digest = hashlib.sha256(data).hexdigest()
+    # Removed first: a writer stopped before the new record is written leaves a file without a record
+    # (read unchecked), never a record of the earlier file beside the new one (refused).
+    storage.remove(hash_uri(uri))
+    storage.write_bytes(uri, data)
+    if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
+        raise CheckpointError(f"{uri}: what was read back differs from what was written")
+    storage.write_bytes(hash_uri(uri), f"{digest}  {posixpath.basename(uri)}\n".encode())
 
 
 class LatestEpoch(Record):
@@ -123,10 +154,6 @@ class LatestEpoch(Record):
     epoch: int
     file: str  # its name in the checkpoints directory
     sha256: str  # of its bytes, as written and read back
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that did not store as written, or that no longer matches its pointer."""
 
 
 def save_epoch(stage_dir: str, header: CheckpointHeader, tensors: Mapping[str, Any], keep: int) -> str:
@@ -167,7 +194,15 @@ def load_latest(stage_dir: str) -> dict[str, Any] | None:
 
 
 def load_checkpoint(uri: str) -> dict[str, Any]:
-    return read_state(uri)
+    """A checkpoint's top-level mapping; CheckpointError (one line naming the file) when its bytes differ
+    from the SHA-256 recorded beside it."""
+    data = storage.read_bytes(uri)
+    record = hash_uri(uri)
+    if storage.exists(record):
+        recorded = storage.read_bytes(record).decode(errors="replace").split()
+        if not recorded or recorded[0] != hashlib.sha256(data).hexdigest():
+            raise CheckpointError(f"{uri}: its bytes do not match the SHA-256 recorded in {record}")
+    return parse_state(data, uri)
 
 
 class TrainingState:

@@ -3,7 +3,8 @@ fits the architecture. The torch-free CLI (`mega3d models import`) runs this in 
 
     python -m mega3d.trainer.convert SOURCE -o URI [--arch NAME] [--shortcut-type A|B]
 
-Errors are one line on stderr with exit code 2.
+Errors are one line on stderr with exit code 2. A source whose SHA-256 mega3d recorded beside it is checked
+against it; the output gets one (`checkpoint.hash_uri`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ from typing import Any
 import torch
 
 from mega3d.trainer import storage
-from mega3d.trainer.checkpoint import CheckpointHeader, ImportedFrom, load_checkpoint, save_checkpoint
-from mega3d.trainer.model_catalog import canonical_name, model_names
+from mega3d.trainer.checkpoint import (
+    CheckpointError,
+    CheckpointHeader,
+    ImportedFrom,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mega3d.trainer.model_catalog import canonical_name, model_names, unknown_model
 from mega3d.trainer.models import WeightsError, build_model, head_name, load_weights
 from mega3d.trainer.models.weights import state_dict_of
 
@@ -28,6 +35,8 @@ def import_reference(source: str, output: str, arch: str | None, options: dict[s
     state = load_checkpoint(source)
     found = CheckpointHeader.of(state, source)
     name = canonical_name(arch or found.arch or "")
+    if arch is not None and name not in model_names():
+        raise WeightsError(f"--arch: {unknown_model(arch)}")
     if name not in model_names():
         said = f"its arch is {found.arch!r}" if found.arch else "it names no arch"
         raise WeightsError(f"{source}: {said}; pass --arch (one of: {', '.join(model_names())})")
@@ -64,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {"shortcut_type": args.shortcut_type} if args.shortcut_type else {}
     try:
         print(import_reference(args.source, args.output, args.arch, options))
-    except (WeightsError, OSError, ValueError) as error:
+    except (WeightsError, CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -45,7 +45,9 @@ def init_distributed() -> Rank:
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    # On GPUs the counters (epoch totals, unreadable clips) are CPU tensors too: nccl reduces CUDA tensors
+    # only, so CPU tensors go over gloo in the same process group.
+    dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo")
     return Rank(dist.get_rank(), dist.get_world_size(), device)
 
 

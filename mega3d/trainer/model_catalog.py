@@ -7,6 +7,7 @@ The model registry in `mega3d.trainer.models` is built from this table.
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,13 @@ FAMILIES: dict[str, Family] = {
 
 def model_names() -> list[str]:
     return [f"{family}-{depth}" for family, spec in FAMILIES.items() for depth in spec.depths]
+
+
+def unknown_model(name: str) -> str:
+    """Why `name` names no architecture, with the closest names (a typo of a depth or family)."""
+    close = difflib.get_close_matches(name, model_names(), n=2, cutoff=0.8)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"unknown architecture {name!r} ({hint}known: {', '.join(model_names())})"
 
 
 def canonical_name(name: str) -> str:

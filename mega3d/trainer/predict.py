@@ -5,9 +5,10 @@
 prints one JSON object on stdout, a `records.Prediction`: {"video", "model", "arch", "windows",
 "window_frames", "frames", "seconds", "top": [{"label", "score"}, ...]}; `top` entries have the reference
 implementation's results layout.
-Bad input (a missing or undecodable video, a missing or unreadable checkpoint, one without class names)
-ends with one line `error: ...` on stderr and exit code 2. The torch-free CLI (`mega3d predict`) runs this
-in a subprocess.
+Bad input (a missing or undecodable video, a missing or unreadable checkpoint, one without class names,
+one whose weights give scores that are not finite numbers) ends with one line `error: ...` on stderr and
+exit code 2; what is printed is always valid JSON. The torch-free CLI (`mega3d predict`) runs this in a
+subprocess.
 
 Frames are seen as training saw them: every frame is decoded by PyAV, scaled down to `short_side` pixels on
 its short side and stored as JPEG, exactly as `mega3d data ingest` writes a video file; windows are then
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mega3d.trainer.checkpoint import CheckpointHeader, load_checkpoint
+from mega3d.trainer.checkpoint import CheckpointError, CheckpointHeader, load_checkpoint
 from mega3d.trainer.data.augment import center_box, crop_resize, normalize
 from mega3d.trainer.data.format import decode_jpeg, encode_jpeg
 from mega3d.trainer.data.ingest import scaled_to_short_side  # frames must look as they do in training
@@ -129,7 +130,7 @@ def load_model(uri: str) -> LoadedModel:
     try:
         state = load_checkpoint(uri)
         header = CheckpointHeader.of(state, uri)
-    except WeightsError as error:
+    except (WeightsError, CheckpointError) as error:
         raise PredictError(str(error)) from None
     except FileNotFoundError:
         raise PredictError(f"{uri}: no such checkpoint") from None
@@ -189,6 +190,11 @@ def predict(
     )
     video = decode_video(video_path, short_side)
     probabilities = video_probabilities(model, video, clip)
+    if not bool(torch.isfinite(probabilities).all()):  # NaN weights give NaN scores: not an answer
+        raise PredictError(
+            f"{checkpoint_uri}: the model's scores are not finite numbers (its weights are not: was its "
+            "training diverged?)"
+        )
     order = np.argsort(-probabilities.numpy(), kind="stable")[:top]
     return Prediction(
         video=video_path,
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     except PredictError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(json.dumps(result.to_json()))
+    print(json.dumps(result.to_json(), allow_nan=False))
 
 
 if __name__ == "__main__":

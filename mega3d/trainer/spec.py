@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from yaml.nodes import MappingNode, Node, ScalarNode
 
-from mega3d.trainer.model_catalog import FAMILIES, canonical_name, family_of, model_names
+from mega3d.trainer.model_catalog import FAMILIES, canonical_name, family_of, model_names, unknown_model
 
 # Pod names are capped at 63 characters and TorchX appends a suffix, so names stay short and DNS-safe.
 DNS_NAME = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
@@ -34,9 +37,25 @@ def is_checkpoint_uri(init_from: str) -> bool:
 # Stage names become directories of a run, beside these.
 RESERVED_STAGE_NAMES = ("data", "kfp")
 
-PositiveInt = Annotated[int, Field(ge=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Upper bounds reject the absurd (a learning rate of 1e300, a million nodes) at the boundary, where it is
+# one line naming the field, instead of deep in an optimizer or a scheduler. Each is far above the paper's
+# recipes (200 epochs, 1,039 classes, ResNet-200, 32 nodes x 8 GPUs) and today's largest machines.
+MAX_EPOCHS = 10_000
+MAX_SEED = 2**32 - 1  # what every seeded generator (random, numpy, torch) takes
+MAX_URI = 4096
+Uri = Annotated[str, Field(min_length=1, max_length=MAX_URI)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
 Name = Annotated[str, Field(pattern=DNS_NAME)]
+
+
+def _list_as_tuple(value: Any) -> Any:
+    # YAML and JSON have lists only, and strict validation takes a tuple field from a tuple alone.
+    return tuple(value) if isinstance(value, list) else value
+
+
+Unit = Annotated[float, Field(ge=0, le=1)]  # a pixel statistic: pixels are in [0, 1]
+PositiveUnit = Annotated[float, Field(gt=0, le=1)]
 
 
 class _Strict(BaseModel):
@@ -46,17 +65,17 @@ class _Strict(BaseModel):
 class SyntheticSpec(_Strict):
     """Parameters of a synthetic motion dataset; `mega3d data synth` takes the same ones."""
 
-    classes: PositiveInt = 4
-    videos_per_class: PositiveInt = 16
-    frames: PositiveInt = 24
-    size: Annotated[int, Field(ge=16)] = 48
-    speed: PositiveFloat = 1.5
-    rotation: float = 0.0
-    seed: Annotated[int, Field(ge=0)] = 0
+    classes: Annotated[int, Field(ge=1, le=10_000)] = 4
+    videos_per_class: Annotated[int, Field(ge=1, le=100_000)] = 16
+    frames: Annotated[int, Field(ge=1, le=10_000)] = 24
+    size: Annotated[int, Field(ge=16, le=4096)] = 48
+    speed: Annotated[float, Field(gt=0, le=1000)] = 1.5  # pixels per frame
+    rotation: Annotated[float, Field(ge=-360, le=360)] = 0.0  # degrees
+    seed: Seed = 0
 
 
 class DatasetSpec(_Strict):
-    uri: str = Field(min_length=1, description="fsspec URI; relative paths are under `storage`.")
+    uri: Uri = Field(description="fsspec URI; relative paths are under `storage`.")
     synthetic: SyntheticSpec | None = Field(
         default=None, description="Synthesize the dataset at `uri` when it does not exist yet."
     )
@@ -68,14 +87,18 @@ class ModelSpec(_Strict):
     name: str = Field(
         default="r3d-18", description="e.g. r3d-50, r2plus1d-18, or a reference alias (resnet-50)"
     )
-    n_input_channels: PositiveInt | None = None
-    conv1_t_size: PositiveInt | None = None
-    conv1_t_stride: PositiveInt | None = None
+    n_input_channels: Annotated[int, Field(ge=1, le=64)] | None = None
+    conv1_t_size: Annotated[int, Field(ge=1, le=31)] | None = None
+    conv1_t_stride: Annotated[int, Field(ge=1, le=16)] | None = None
     no_max_pool: bool | None = None
     shortcut_type: Literal["A", "B"] | None = None
-    widen_factor: PositiveFloat | None = None
-    k: PositiveInt | None = Field(default=None, description="Wide ResNet width multiplier (default 2)")
-    cardinality: PositiveInt | None = Field(default=None, description="ResNeXt groups (default 32)")
+    widen_factor: Annotated[float, Field(gt=0, le=16)] | None = None
+    k: Annotated[int, Field(ge=1, le=16)] | None = Field(
+        default=None, description="Wide ResNet width multiplier (default 2)"
+    )
+    cardinality: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        default=None, description="ResNeXt groups (default 32)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -99,19 +122,21 @@ KINETICS_STD = (0.2768, 0.2713, 0.2737)
 class ClipSpec(_Strict):
     """Input clips and their augmentation; the defaults are the paper's (Kinetics mean and std)."""
 
-    frames: PositiveInt = 16
-    size: Annotated[int, Field(ge=8)] = 112
-    scales: Annotated[list[CropScale], Field(min_length=1)] = Field(
+    frames: Annotated[int, Field(ge=1, le=1024)] = 16
+    size: Annotated[int, Field(ge=8, le=1024)] = 112
+    scales: Annotated[list[CropScale], Field(min_length=1, max_length=64)] = Field(
         default=list(PAPER_SCALES),
         description="Training crops: side = scale x the short side, one scale drawn per clip.",
     )
-    positions: Annotated[list[CropPosition], Field(min_length=1)] = Field(
+    positions: Annotated[list[CropPosition], Field(min_length=1, max_length=64)] = Field(
         default=list(CROP_POSITIONS),
         description="Training crops: where the crop sits, one position drawn per clip.",
     )
     flip: bool = Field(default=True, description="Random horizontal flips; off when left and right differ.")
-    mean: tuple[float, float, float] = Field(default=KINETICS_MEAN, description="RGB mean, pixels in [0, 1].")
-    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = Field(
+    mean: Annotated[tuple[Unit, Unit, Unit], BeforeValidator(_list_as_tuple)] = Field(
+        default=KINETICS_MEAN, description="RGB mean, pixels in [0, 1]."
+    )
+    std: Annotated[tuple[PositiveUnit, PositiveUnit, PositiveUnit], BeforeValidator(_list_as_tuple)] = Field(
         default=KINETICS_STD, description="RGB standard deviation, pixels in [0, 1]."
     )
 
@@ -119,9 +144,10 @@ class ClipSpec(_Strict):
 class OptimizerSpec(_Strict):
     """SGD with the paper's defaults."""
 
-    lr: PositiveFloat = 0.003
+    # Published SGD recipes stay below 10 even for 8k-clip batches with the linear scaling rule (3.2).
+    lr: Annotated[float, Field(gt=0, le=10)] = 0.003
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 0.001
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.001
     nesterov: bool = False
 
 
@@ -133,44 +159,46 @@ class ScheduleSpec(_Strict):
     `warmup_epochs` first ramps it up linearly from lr / warmup_epochs."""
 
     kind: Literal["plateau", "multistep", "cosine"] = "plateau"
-    patience: Annotated[int, Field(ge=0)] = 10
+    patience: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 10
     factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    milestones: list[PositiveInt] = Field(default=[], description="multistep: epochs at which lr drops")
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+    milestones: Annotated[list[Epochs], Field(max_length=1000)] = Field(
+        default=[], description="multistep: epochs at which lr drops"
+    )
+    warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 0
 
 
 class ResourcesSpec(_Strict):
-    nnodes: PositiveInt = 1
-    nproc_per_node: PositiveInt = 1
-    gpus: Annotated[int, Field(ge=0)] = 0
-    cpu: PositiveInt = 4
-    memory_gb: PositiveInt = 16
+    nnodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    nproc_per_node: Annotated[int, Field(ge=1, le=256)] = 1
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0  # per node
+    cpu: Annotated[int, Field(ge=1, le=4096)] = 4
+    memory_gb: Annotated[int, Field(ge=1, le=65_536)] = 16
 
 
 class _StageSpec(_Strict):
-    epochs: PositiveInt = 200
-    batch_size: PositiveInt = Field(default=32, description="Clips per process and step.")
-    global_batch_size: PositiveInt | None = Field(
+    epochs: Epochs = 200
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        default=32, description="Clips per process and step."
+    )
+    global_batch_size: Annotated[int, Field(ge=1, le=16_777_216)] | None = Field(
         default=None,
         description="Clips per optimizer step over all processes, whatever the node count: sets batch_size "
         "to global_batch_size / (nnodes x nproc_per_node x accumulate).",
     )
-    accumulate: PositiveInt = Field(default=1, description="Steps whose gradients add up before an update.")
-    seed: Annotated[int, Field(ge=0)] = Field(
-        default=0, description="Seeds weights, clip sampling and augmentation."
+    accumulate: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=1, description="Steps whose gradients add up before an update."
     )
-    checkpoint_every: PositiveInt = Field(
-        default=1, description="Epochs between checkpoints (and the last one)."
-    )
-    keep_checkpoints: PositiveInt = Field(
+    seed: Seed = Field(default=0, description="Seeds weights, clip sampling and augmentation.")
+    checkpoint_every: Epochs = Field(default=1, description="Epochs between checkpoints (and the last one).")
+    keep_checkpoints: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=2, description="How many of the newest epoch checkpoints to keep."
     )
-    num_workers: Annotated[int, Field(ge=0)] = 4
+    num_workers: Annotated[int, Field(ge=0, le=256)] = 4
     clip: ClipSpec = ClipSpec()
     optimizer: OptimizerSpec = OptimizerSpec()
     schedule: ScheduleSpec = ScheduleSpec()
     resources: ResourcesSpec = ResourcesSpec()
-    max_retries: Annotated[int, Field(ge=0)] = 0
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 0
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="bf16: autocast (GPUs only)")
     channels_last: bool = Field(default=False, description="channels_last_3d memory format (for GPUs)")
     compile: bool = Field(
@@ -181,7 +209,7 @@ class _StageSpec(_Strict):
         default=0.01,
         description="Fraction of clips that may fail to decode (skipped, counted) before the run stops.",
     )
-    cache_dir: str | None = Field(
+    cache_dir: Uri | None = Field(
         default=None, description="Node-local directory (e.g. an SSD) that keeps a copy of each video read."
     )
 
@@ -200,11 +228,11 @@ class PretrainSpec(_StageSpec):
 class FinetuneSpec(_StageSpec):
     name: Name
     dataset: str
-    init_from: str = Field(
+    init_from: Uri = Field(
         default=PRETRAIN,
         description="'pretrain', 'scratch' (random weights) or a checkpoint URI (relative: under storage)",
     )
-    train_from: str | None = Field(
+    train_from: Annotated[str, Field(max_length=256)] | None = Field(
         default=None,
         description="First module to train (e.g. layer4); earlier modules are frozen. None trains all.",
     )
@@ -223,7 +251,9 @@ class SweepSpec(_Strict):
         "targets from scratch",
     )
     family: list[str] = Field(default=[], description="architecture families, e.g. [r3d, r2plus1d]")
-    depth: list[PositiveInt] = Field(default=[], description="depths, e.g. [18, 34, 50]")
+    depth: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default=[], description="depths, e.g. [18, 34, 50]"
+    )
     category_fraction: list[Fraction] = Field(
         default=[], description="fractions of the pretraining categories kept"
     )
@@ -250,13 +280,13 @@ class Branch:
 
 class EvaluationSpec(_Strict):
     split: Literal["training", "validation", "testing"] = "validation"
-    batch_size: PositiveInt = 32
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 32
 
 
 class ExperimentSpec(_Strict):
     name: Name
-    storage: str = Field(min_length=1, description="Root URI for datasets, checkpoints and metrics.")
-    image: str = "mega3d:latest"
+    storage: Uri = Field(description="Root URI for datasets, checkpoints and metrics.")
+    image: Annotated[str, Field(min_length=1, max_length=MAX_URI)] = "mega3d:latest"
     datasets: dict[str, DatasetSpec] = Field(min_length=1)
     model: ModelSpec = Field(default=ModelSpec(), description="The architecture every stage trains.")
     pretrain: PretrainSpec | None = Field(
@@ -392,6 +422,53 @@ _NAME_RULES = {
 }
 
 
+class _Text(str):
+    """Punctuation of a preview, as opposed to a string value (which is quoted)."""
+
+
+def _items(values: list[Any] | tuple[Any, ...]) -> Iterator[Any]:
+    for i, value in enumerate(values):
+        if i:
+            yield _Text(", ")
+        yield value
+    yield _Text("]")
+
+
+def _entries(mapping: dict[Any, Any], limit: int) -> Iterator[Any]:
+    for i, (key, value) in enumerate(mapping.items()):
+        yield _Text(f"{', ' if i else ''}{json.dumps(str(key)[:limit])}: ")
+        yield value
+    yield _Text("}")
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """The first `limit` characters of a value as JSON. Only that much is rendered: an input can be huge
+    (a YAML alias bomb expands to billions of values, sharing them) or even contain itself."""
+    pieces: list[str] = []
+    size = 0
+    pending: list[Iterator[Any]] = [iter([value])]
+    while pending and size <= limit:
+        item = next(pending[-1], pending)  # `pending` itself marks an exhausted iterator
+        if item is pending:
+            pending.pop()
+            continue
+        if isinstance(item, _Text):
+            text = str(item)
+        elif isinstance(item, dict):
+            text = "{"
+            pending.append(_entries(item, limit))
+        elif isinstance(item, list | tuple):
+            text = "["
+            pending.append(_items(item))
+        elif isinstance(item, str):
+            text = json.dumps(item[: limit + 1])
+        else:
+            text = json.dumps(item, default=str)
+        pieces.append(text)
+        size += len(text)
+    return "".join(pieces)[:limit]
+
+
 def validation_problems(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors(include_url=False):
@@ -399,14 +476,29 @@ def validation_problems(error: ValidationError) -> list[Problem]:
         if item["type"] == "string_pattern_mismatch":
             message = _NAME_RULES.get(item.get("ctx", {}).get("pattern", ""), message)
         if item["type"] not in ("missing",):
-            message += f" (got {json.dumps(item['input'], default=str)[:60]})"
+            message += f" (got {preview(item['input'])})"
         problems.append(Problem(_dotted(item["loc"]), message))
     return problems
 
 
+def outside_storage(uri: str) -> bool:
+    """A relative URI that does not name a place inside `storage` (`../elsewhere`, `.`)."""
+    if "://" in uri or uri.startswith("/"):
+        return False
+    normal = posixpath.normpath(uri)
+    return normal == "." or normal == ".." or normal.startswith("../")
+
+
+_UNDER_STORAGE = "(a relative URI is under it; give an absolute one for a place elsewhere)"
+
+
 def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
     known = sorted(spec.datasets)
-    problems = []
+    problems = [
+        Problem(f"datasets.{name}.uri", f"{dataset.uri!r} is not under storage {_UNDER_STORAGE}")
+        for name, dataset in spec.datasets.items()
+        if outside_storage(dataset.uri)
+    ]
 
     def check_dataset(path: str, name: str) -> None:
         if name not in spec.datasets:
@@ -436,12 +528,7 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
     model = spec.model
     stages: tuple[str, ...] = ()
     if model.name not in model_names():
-        problems.append(
-            Problem(
-                "model.name",
-                f"unknown architecture {model.name!r} (known: {', '.join(model_names())})",
-            )
-        )
+        problems.append(Problem("model.name", unknown_model(model.name)))
     else:
         family_name, family = family_of(model.name)
         stages = family.stages
@@ -472,6 +559,13 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
                     f"finetune[{i}].init_from",
                     f"{stage.init_from!r} is neither the pretrain stage"
                     f"{'' if spec.pretrain else ' (the spec has none)'}, scratch, nor a checkpoint URI",
+                )
+            )
+        if is_checkpoint_uri(stage.init_from) and outside_storage(stage.init_from):
+            problems.append(
+                Problem(
+                    f"finetune[{i}].init_from",
+                    f"{stage.init_from!r} is not under storage {_UNDER_STORAGE}",
                 )
             )
         if stage.init_from == SCRATCH and stage.train_from is not None:
@@ -564,14 +658,108 @@ def _schedule_problems(path: str, stage: PretrainSpec | FinetuneSpec) -> list[Pr
     return problems
 
 
+# What a spec may be, beyond what its fields allow: a spec is a page of YAML, and these bounds keep hostile
+# input (an alias bomb, 100k nested brackets) to one line in bounded time and memory.
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 32  # a spec's deepest field, sweep.pretrain_datasets[i][j], is 4 levels down
+MAX_VALUES = 10_000  # YAML values once aliases are expanded; each of the paper's specs has < 300
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML document mega3d does not read, and where."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: nesting depth, the number of values once aliases are expanded
+    (aliases share nodes, so an alias bomb is small until something walks it), and no key twice in a
+    mapping (PyYAML keeps the last one silently)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._path: list[str | int | None] = []  # of the node being composed; None: the root, or a key
+        self._values = 0
+        self._expanded: dict[int, int] = {}  # id(anchored node) -> its values, aliases expanded
+
+    def _count(self, values: int, line: int) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            message = f"line {line}: more than {MAX_VALUES:,} values once YAML aliases are expanded"
+            raise _Refused(Problem("", message))
+
+    # `index` is the key node of a mapping's value, the position of a sequence's item, or None for a key
+    # and for the document (PyYAML's stubs say int).
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            self._count(self._expanded.get(id(node), 1), line)  # an anchor still open counts as one
+            return node
+        if len(self._path) >= MAX_DEPTH:
+            raise _Refused(Problem("", f"line {line}: nested deeper than {MAX_DEPTH} levels"))
+        before = self._values
+        self._path.append(str(index.value) if isinstance(index, ScalarNode) else index)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+        self._count(1, line)
+        if event.anchor is not None:
+            self._expanded[id(node)] = self._values - before
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first_line: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in first_line:
+                path = _dotted(part for part in [*self._path, str(key.value)] if part is not None)
+                first = first_line[key.tag, key.value]
+                message = (
+                    f"given twice, on {f'lines {first} and {line}' if first != line else f'line {line}'}"
+                )
+                raise _Refused(Problem(path, message))
+            first_line[key.tag, key.value] = line
+        return node
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` as a string, as it needs a dot; strict types would then refuse
+# `lr: 1e-3`. YAML 1.2 reads it as a number, as this loader does.
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_data(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
-    """Validate plain data (as loaded from YAML/JSON) into a spec, or raise SpecError."""
+    """Validate plain data (as loaded from YAML/JSON) into a spec, or raise SpecError. Types are strict:
+    `"2"` is not an integer and `"yes"` not a boolean (YAML and JSON have numbers and booleans of their
+    own)."""
     if not isinstance(data, dict):
         raise SpecError(source, [Problem("", "the spec must be a mapping of fields")])
     try:
-        spec = ExperimentSpec.model_validate(data)
+        spec = ExperimentSpec.model_validate(data, strict=True)
     except ValidationError as error:
         raise SpecError(source, validation_problems(error)) from None
+    except RecursionError:  # data that contains itself, or nests deeper than Python recurses
+        raise SpecError(source, [Problem("", "nested too deeply")]) from None
     problems = _reference_problems(spec)
     if problems:
         raise SpecError(source, problems)
@@ -579,31 +767,46 @@ def parse_spec(data: Any, source: str = "<spec>") -> ExperimentSpec:
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """Read a YAML spec file (safe loader) and validate it."""
+    """Read a YAML spec file (safe loader, bounded) and validate it."""
     source = str(path)
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as file:
+            raw = file.read(MAX_SPEC_BYTES + 1)
+        text = raw.decode()
     except OSError as error:
         raise SpecError(source, [Problem("", f"cannot read: {error.strerror or error}")]) from None
     except UnicodeDecodeError:
         raise SpecError(source, [Problem("", "cannot read: not UTF-8 text")]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(source, [Problem("", f"larger than {MAX_SPEC_BYTES >> 20} MiB: not a spec")])
     try:
-        data = yaml.safe_load(text)
+        data = _yaml_data(text)
+    except _Refused as refused:
+        raise SpecError(source, [refused.problem]) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise SpecError(
             source, [Problem("", f"{where}invalid YAML ({getattr(error, 'problem', error)})")]
         ) from None
+    except ValueError as error:  # a scalar PyYAML resolves but cannot convert: a 5,000-digit integer
+        reason = str(error).partition(":")[0][:120]
+        raise SpecError(source, [Problem("", f"invalid YAML value ({reason})")]) from None
+    except RecursionError:
+        raise SpecError(source, [Problem("", "nested too deeply")]) from None
     return parse_spec(data, source)
 
 
 def spec_from_json(text: str, source: str = "spec_json") -> ExperimentSpec:
     """Read a spec passed on as JSON (a pipeline parameter, which may have been edited in the Kubeflow UI)."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(source, [Problem("", f"larger than {MAX_SPEC_BYTES >> 20} MiB: not a spec")])
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpecError(source, [Problem("", f"invalid JSON ({error})")]) from None
+    except ValueError as error:  # JSONDecodeError, or a number too long to convert
+        raise SpecError(source, [Problem("", f"invalid JSON ({str(error)[:120]})")]) from None
+    except RecursionError:
+        raise SpecError(source, [Problem("", "invalid JSON (nested too deeply)")]) from None
     return parse_spec(data, source)
 
 

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -48,6 +48,10 @@ from mega3d.trainer.records import ClipShape, EpochRecord, RankInfo, StageJob, S
 from mega3d.trainer.schedule import LRSchedule
 
 PROGRESS_EVERY_S = 20.0
+# Non-finite losses in a row that end a stage. One already poisons the weights at the next update (no
+# gradient scaler skips such a step), and every later loss follows; three in a row show a state that lasts
+# rather than one odd batch, and cost seconds where the end of the epoch can be hours away.
+DIVERGED_STEPS = 3
 
 
 def duration(seconds: float) -> str:
@@ -87,6 +91,10 @@ def set_train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
         module.eval()
 
 
+class Diverged(RuntimeError):
+    """The training loss is no longer a finite number: the stage fails rather than save such weights."""
+
+
 @dataclass(frozen=True)
 class TrainedEpoch:
     """One pass over the training clips, over all ranks."""
@@ -102,6 +110,7 @@ class Trainer:
         self.job = job
         self.checkpoint_uri = storage.join(job.out_dir, CHECKPOINT_FILE)
         self.start_epoch = 1  # the first epoch this run trains
+        self.non_finite_steps = 0  # training steps in a row, over epochs, whose loss was not finite
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -277,6 +286,9 @@ class Trainer:
             lr = self.schedule.lr
             trained = self.train_epoch(loader, epoch)
             val_loss = self.validate(*validation) if validation is not None else trained.loss
+            if not math.isfinite(val_loss):  # an epoch of fewer than DIVERGED_STEPS steps ends here
+                what = "validation loss" if validation is not None else "training loss"
+                self.diverged(f"the {what} is {val_loss} after epoch {epoch} (step {self.state.step})")
             self.schedule.step(epoch, val_loss)
             self.end_epoch(epoch, lr, trained, val_loss, time.monotonic() - started)
         self.state.save(self.checkpoint_uri)
@@ -342,6 +354,7 @@ class Trainer:
             self.exporter.unreadable_videos.inc(int(skipped.sum()))
             update = step % self.job.spec.accumulate == 0 or step == len(loader)
             loss, correct = self.train_step(clips, labels, update)
+            self.check_finite(loss, epoch, step)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
             self.exporter.record_step(now - asked, waited, len(labels), loss)
@@ -377,6 +390,27 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.state.step += 1
         return float(loss.detach()), top1_hits(logits, labels, self.index.multi_label)
+
+    def check_finite(self, loss: float, epoch: int, step: int) -> None:
+        """Count steps whose loss was not finite on any rank; Diverged after DIVERGED_STEPS in a row. The
+        ranks agree on the count (one all-reduce of one number per step), so that all of them stop at the
+        same step instead of one leaving the others waiting in a collective."""
+        flag = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.rank.device)
+        dist.all_reduce(flag)
+        self.non_finite_steps = self.non_finite_steps + 1 if float(flag) else 0
+        if self.non_finite_steps >= DIVERGED_STEPS:
+            self.diverged(
+                f"the training loss was not finite for {DIVERGED_STEPS} steps in a row, up to epoch {epoch} "
+                f"step {step} (last: {loss})"
+            )
+
+    def diverged(self, what: str) -> NoReturn:
+        """Raise Diverged: one line naming the stage, where, and what to change."""
+        lr = self.schedule.lr
+        raise Diverged(
+            f"stage {self.job.stage}: training diverged: {what}; lower optimizer.lr (now {lr:g}), or check "
+            "the checkpoint it starts from"
+        )
 
     @torch.no_grad()
     def validate(self, loader: DataLoader[Any], n_windows: int) -> float:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from mega3d.trainer import storage
@@ -116,3 +118,12 @@ def test_memory_filesystem(tmp_path: Path) -> None:
         assert reloaded.single_labels().tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     finally:
         storage.remove("memory://mega3d-test")
+
+
+def test_a_bucket_that_does_not_exist_is_named_in_words(gcs_bucket: str) -> None:
+    made = mega3d("data", "synth", "gs://no-such-bucket/motion", "--classes", "2", "--frames", "4")
+    assert made.returncode == 2 and "no bucket 'no-such-bucket' (or these credentials" in made.stderr
+    assert "http" not in made.stderr  # not the request's URL
+    missing = f"{gcs_bucket}/nothing-here.bin"
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(missing)}: no such object$"):
+        storage.read_bytes(missing)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ from mega3d.trainer.spec import KINETICS_MEAN, KINETICS_STD
 from tests.conftest import mega3d
 
 CLASSES = ["walking", "waving", "clapping"]
+NAN = float("nan")
 # The paper's normalisation (Kinetics statistics), written out here for an independent computation.
 KINETICS_MEAN_T = torch.tensor([0.4345, 0.4051, 0.3775]).view(3, 1, 1, 1)
 KINETICS_STD_T = torch.tensor([0.2768, 0.2713, 0.2737]).view(3, 1, 1, 1)
@@ -233,6 +235,48 @@ def test_bad_input_is_one_line_naming_the_file(
     assert lines[0].startswith("error: ") and str(named) in lines[0] and message in lines[0]
 
 
+@pytest.mark.parametrize("output", [["--json"], []])
+def test_a_model_whose_scores_are_not_finite_is_refused(
+    tmp_path: Path, tiny: tuple[Path, nn.Module], output: list[str]
+) -> None:
+    """Weights of a diverged training give NaN probabilities: not a prediction, and NaN is not JSON."""
+    model = build_model("r3d-10", 3, widen_factor=0.125)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    checkpoint = tmp_path / "diverged.pth"
+    save_checkpoint(str(checkpoint), tiny_header(CLASSES), {"state_dict": model.state_dict()})
+    result = mega3d("predict", str(real_video()), "--model", str(checkpoint), *output)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and result.stderr.splitlines() == [
+        f"error: {checkpoint}: the model's scores are not finite numbers (its weights are not: was its "
+        "training diverged?)"
+    ]
+
+
+def test_a_worker_that_prints_nan_is_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the worker prints is parsed as strict JSON: a NaN score never reaches either output."""
+    from mega3d.cli.predict import predict
+
+    answer = {"video": "v.mp4", "model": "m.pth", "arch": "r3d-10", "windows": 1, "window_frames": 16}
+    line = json.dumps({**answer, "frames": 16, "seconds": 0.5, "top": [{"label": "walking", "score": NAN}]})
+    assert "NaN" in line
+    worker = tmp_path / "python"
+    worker.write_text(f"#!/bin/sh\necho '{line}'\n")
+    worker.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(worker))
+    app = typer.Typer()
+    app.command()(predict)
+    for output in (["--json"], []):
+        result = CliRunner().invoke(app, [str(real_video()), "--model", "m.pth", *output])
+        assert result.exit_code == 1 and result.stdout == ""
+        assert result.stderr.startswith(
+            "error: internal error: `python -m mega3d.trainer.predict` printed no "
+        )
+
+
 def test_a_crash_of_the_worker_is_an_internal_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything but bad input (here a worker that dies with a traceback) is exit code 1, in one line."""
     from mega3d.cli.predict import predict
@@ -278,3 +322,19 @@ def test_windows_default_to_the_clip_the_model_was_trained_on(
         mega3d("predict", str(real_video()), "--model", str(path), "--json", "--frames", "60").stdout
     )
     assert (given["window_frames"], given["windows"]) == (60, 2)  # what is given wins
+
+
+def test_labels_and_file_names_like_markup_are_printed_as_they_are(
+    tiny: tuple[Path, nn.Module], tmp_path: Path
+) -> None:
+    labels = ["[/evil]", "[bold]x[/bold]", "plain"]
+    model = tmp_path / "markup.pth"
+    save_checkpoint(str(model), tiny_header(labels), {"state_dict": tiny[1].state_dict()})
+    video = tmp_path / "clip[" / "x].mp4"  # the file `clip[/x].mp4` of the issue: `/` makes a folder
+    video.parent.mkdir()
+    shutil.copy(real_video(), video)
+    result = mega3d("predict", str(video), "--model", str(model))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == str(video)
+    for label in labels:
+        assert label in result.stdout

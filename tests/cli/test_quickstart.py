@@ -62,6 +62,31 @@ def test_every_stage_reports_clip_and_video_accuracy(quickstart_run: tuple[Path,
     assert "pretrain" in stdout and "motion-c" in stdout and "video top-1" in stdout
 
 
+def test_the_demo_shows_each_step_its_progress_and_its_result_and_logs_the_rest(
+    quickstart_run: tuple[Path, str],
+) -> None:
+    run, stdout = quickstart_run
+    for noise in ("\x1b[", "KFP Executor", "Warning", "metadata=", "Traceback", "Streamed logs"):
+        assert noise not in stdout, noise
+    lines = stdout.splitlines()
+    for step in ("prepare-run", "prepare-branch", "pretrain", "prepare-target", "finetune", "evaluate"):
+        assert f"{step}: started" in lines and any(line.startswith(f"{step}: done in ") for line in lines)
+    assert any("[motion-c] epoch 12/12" in line for line in lines) and len(lines) < 120
+    log = (run / "run.log").read_text()
+    assert "KFP Executor" in log and "Task 'evaluate' outputs:" in log and "\x1b[" not in log
+
+
+def test_a_stage_trained_on_several_ranks_is_evaluated_by_a_job_of_its_own(
+    quickstart_run: tuple[Path, str],
+) -> None:
+    """Its ranks end training with BatchNorm statistics of their own: the training job's scores are not
+    quite the checkpoint's (tests/cli/test_run_evaluation.py: one rank, where they are)."""
+    run, stdout = quickstart_run
+    assert (
+        "the training job evaluated" not in stdout and metrics(run, "motion-c", "evaluation")["seconds"] > 0
+    )
+
+
 def test_ddp_ran_on_two_processes(quickstart_run: tuple[Path, str]) -> None:
     run, _ = quickstart_run
     for stage in ("pretrain", "motion-c"):

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 import socket
 import sys
 from pathlib import Path
@@ -9,7 +8,6 @@ import pytest
 from torchx import specs
 
 from mega3d.pipelines.launcher import PORT_FLOOR, LaunchError, free_port, launch_local
-from mega3d.pipelines.local import ExecutorLogFilter
 
 
 def python_app(name: str, code: str, replicas: int = 1, max_retries: int = 0) -> specs.AppDef:
@@ -53,20 +51,13 @@ def test_a_failed_local_job_is_started_again_up_to_its_retries(
     assert attempts.read_text() == "xx"  # the first run and one retry
 
 
-def test_executor_noise_is_filtered_and_step_output_kept() -> None:
-    relayed = (
-        "    [KFP Executor 2026-01-01 INFO]: Looking for component `x`\n"
-        "    [KFP Executor 2026-01-01 INFO]: Got executor_input:\n"
-        '    {\n        "inputs": {}\n    }\n'
-        "    step output line\n"
-        "    [KFP Executor 2026-01-01 INFO]: Wrote executor output file to /x.\n"
-        "Task 'x' finished with status SUCCESS\n"
-    )
-    target = io.StringIO()
-    writer = ExecutorLogFilter(target)  # type: ignore[arg-type]
-    for piece in (relayed[:50], relayed[50:]):  # lines may arrive split
-        writer.write(piece)
-    assert target.getvalue() == "    step output line\nTask 'x' finished with status SUCCESS\n"
+def test_a_failed_job_says_why_in_a_line() -> None:
+    """The cause is the job's own last error, not TorchX's report of a failed process."""
+    code = "raise FileNotFoundError(2, 'No such file or directory', '/data/shard-00000.bin')"
+    with pytest.raises(LaunchError) as failure:
+        launch_local(python_app("missing", code))
+    assert failure.value.cause == "/data/shard-00000.bin: No such file or directory"
+    assert str(failure.value).endswith(": /data/shard-00000.bin: No such file or directory")
 
 
 def test_local_job_ports_lie_below_the_ephemeral_range() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from mega3d.cli.main import app
 from mega3d.trainer.spec import SpecError, load_spec, model_names, parse_spec, spec_from_json
-from tests.conftest import QUICKSTART, mega3d
+from tests.conftest import MEGA3D, QUICKSTART, mega3d
 
 
 def quickstart_data() -> dict:
@@ -20,6 +21,33 @@ def test_examples_load() -> None:
     for path in sorted((QUICKSTART.parent).glob("*.yaml")):
         spec = load_spec(path)
         assert spec.stage_names()[0] == "pretrain"
+
+
+def test_the_papers_recipes_are_within_the_bounds() -> None:
+    """Bounds reject the absurd only: 1,039 classes, ResNet-200, 4 x 8 GPUs, 200 epochs, anchors and
+    merge keys all still validate."""
+    paper = sorted((QUICKSTART.parent / "paper").glob("*.yaml"))
+    assert len(paper) == 6
+    for path in paper:
+        load_spec(path)
+    data = quickstart_data()
+    data["model"] = {"name": "r3d-200"}
+    data["pretrain"].update(epochs=200, batch_size=32, num_workers=16)
+    data["pretrain"]["resources"] = {
+        "nnodes": 32,
+        "nproc_per_node": 8,
+        "gpus": 8,
+        "cpu": 224,
+        "memory_gb": 1800,
+    }
+    data["datasets"]["motion-a"]["synthetic"]["classes"] = 1039
+    assert parse_spec(data).pretrain.resources.nnodes == 32
+
+
+def test_exponents_are_numbers_as_in_yaml_1_2(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(QUICKSTART.read_text().replace("lr: 0.05", "lr: 5e-2"))
+    assert load_spec(path).pretrain.optimizer.lr == 0.05
 
 
 def test_defaults_are_the_papers_recipe() -> None:
@@ -172,6 +200,109 @@ MISTAKES = {
         "finetune[0].init_from: 'later' is neither the pretrain stage, scratch, nor a checkpoint URI",
     ),
     "missing field": (lambda d: d.pop("storage"), "storage: required field is missing"),
+    # Bounds: the absurd is refused here, not deep in an optimizer or a scheduler.
+    "learning rate of 1e300": (
+        lambda d: d["pretrain"]["optimizer"].update(lr=1e300),
+        "pretrain.optimizer.lr: Input should be less than or equal to 10 (got 1e+300)",
+    ),
+    "momentum of 1": (
+        lambda d: d["pretrain"]["optimizer"].update(momentum=1),
+        "pretrain.optimizer.momentum: Input should be less than 1",
+    ),
+    "weight decay of 5": (
+        lambda d: d["finetune"][0]["optimizer"].update(weight_decay=5),
+        "finetune[0].optimizer.weight_decay: Input should be less than or equal to 1",
+    ),
+    "a billion epochs": (
+        lambda d: d["pretrain"].update(epochs=10**9),
+        "pretrain.epochs: Input should be less than or equal to 10000",
+    ),
+    "10,000-frame clips": (
+        lambda d: d["pretrain"]["clip"].update(frames=10_000),
+        "pretrain.clip.frames: Input should be less than or equal to 1024",
+    ),
+    "a 100k-pixel crop": (
+        lambda d: d["pretrain"]["clip"].update(size=100_000),
+        "pretrain.clip.size: Input should be less than or equal to 1024",
+    ),
+    "a mean outside [0, 1]": (
+        lambda d: d["pretrain"]["clip"].update(mean=[0.4, 255, 0.4]),
+        "pretrain.clip.mean[1]: Input should be less than or equal to 1",
+    ),
+    "a million nodes": (
+        lambda d: d["pretrain"]["resources"].update(nnodes=10**6),
+        "pretrain.resources.nnodes: Input should be less than or equal to 1024",
+    ),
+    "a million processes per node": (
+        lambda d: d["pretrain"]["resources"].update(nproc_per_node=10**6),
+        "pretrain.resources.nproc_per_node: Input should be less than or equal to 256",
+    ),
+    "1,000 GPUs per node": (
+        lambda d: d["pretrain"]["resources"].update(gpus=1000, nproc_per_node=1000),
+        "pretrain.resources.gpus: Input should be less than or equal to 64",
+    ),
+    "a million CPUs": (
+        lambda d: d["pretrain"]["resources"].update(cpu=10**6),
+        "pretrain.resources.cpu: Input should be less than or equal to 4096",
+    ),
+    "an exabyte of memory": (
+        lambda d: d["pretrain"]["resources"].update(memory_gb=10**9),
+        "pretrain.resources.memory_gb: Input should be less than or equal to 65536",
+    ),
+    "a batch of 10 million": (
+        lambda d: d["finetune"][0].update(batch_size=10**7),
+        "finetune[0].batch_size: Input should be less than or equal to 65536",
+    ),
+    "10,000 workers": (
+        lambda d: d["pretrain"].update(num_workers=10_000),
+        "pretrain.num_workers: Input should be less than or equal to 256",
+    ),
+    "a patience of 10**12 epochs": (
+        lambda d: d["pretrain"]["schedule"].update(patience=10**12),
+        "pretrain.schedule.patience: Input should be less than or equal to 10000",
+    ),
+    "a seed beyond 32 bits": (
+        lambda d: d["pretrain"].update(seed=2**40),
+        "pretrain.seed: Input should be less than or equal to 4294967295",
+    ),
+    "a sweep fraction above 1": (
+        lambda d: d.update(sweep={"category_fraction": [0.5, 1.5]}),
+        "sweep.category_fraction[1]: Input should be less than or equal to 1",
+    ),
+    "100,000 synthetic classes": (
+        lambda d: d["datasets"]["motion-a"]["synthetic"].update(classes=100_000),
+        "datasets.motion-a.synthetic.classes: Input should be less than or equal to 10000",
+    ),
+    # Strict types: YAML has numbers and booleans of its own; a string is not one.
+    "a number given as a string": (
+        lambda d: d["pretrain"].update(epochs="2"),
+        'pretrain.epochs: Input should be a valid integer (got "2")',
+    ),
+    "a boolean given as a string": (
+        lambda d: d["pretrain"]["clip"].update(flip="yes"),
+        'pretrain.clip.flip: Input should be a valid boolean (got "yes")',
+    ),
+    "a boolean given as a number": (
+        lambda d: d["pretrain"].update(channels_last=1),
+        "pretrain.channels_last: Input should be a valid boolean (got 1)",
+    ),
+    # Relative URIs are under storage, and stay there.
+    "a dataset outside storage": (
+        lambda d: d["datasets"]["motion-a"].update(uri="../../etc"),
+        "datasets.motion-a.uri: '../../etc' is not under storage",
+    ),
+    "a synthetic dataset that climbs out": (
+        lambda d: d["datasets"]["motion-b"].update(uri="datasets/../../../tmp/x"),
+        "datasets.motion-b.uri: 'datasets/../../../tmp/x' is not under storage",
+    ),
+    "a dataset that is storage itself": (
+        lambda d: d["datasets"]["motion-c"].update(uri="./"),
+        "datasets.motion-c.uri: './' is not under storage",
+    ),
+    "a checkpoint outside storage": (
+        lambda d: d["finetune"][0].update(init_from="../other-run/checkpoint.pt"),
+        "finetune[0].init_from: '../other-run/checkpoint.pt' is not under storage",
+    ),
     "not DNS-safe": (
         lambda d: d.update(name="Quick Start"),
         "name: must be lowercase letters, digits and '-'",
@@ -189,6 +320,93 @@ def test_each_mistake_names_its_dotted_path_and_exits_2(mistake: str, tmp_path: 
     lines = result.stderr.splitlines()
     assert any(line.startswith(f"error: {path}: {expected}") for line in lines), lines
     assert result.stdout == "" and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [path]  # validating writes nothing
+
+
+def _quickstart_with(old: str, new: str) -> str:
+    text = QUICKSTART.read_text()
+    assert text.count(old) == 1
+    return text.replace(old, new)
+
+
+def _line_of(text: str, fragment: str, nth: int = 0) -> int:
+    return [i for i, line in enumerate(text.splitlines(), 1) if fragment in line][nth]
+
+
+# A few lines that grow into 9**9 values (aliases share their nodes until walked): 9**5 > 10,000 on line 7.
+ALIAS_BOMB = "name: bomb\nstorage: s\na0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)
+)
+# Merge keys copy the merged mapping's entries: this one doubles them at each level (past 10,000 on line 13).
+MERGE_BOMB = "name: bomb\nstorage: s\nm0: &m0 {a: 1, b: 2}\n" + "".join(
+    f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}]}}\n" for i in range(1, 40)
+)
+TWICE_TOP = QUICKSTART.read_text() + "name: again\n"
+TWICE_NESTED = _quickstart_with("  epochs: 30\n", "  epochs: 30\n  batch_size: 8\n  epochs: 3\n")
+
+# Hostile documents: each refused with one line, in bounded time and memory.
+HOSTILE = {
+    "alias bomb": (ALIAS_BOMB, "line 7: more than 10,000 values once YAML aliases are expanded"),
+    "merge-key bomb": (MERGE_BOMB, "line 13: more than 10,000 values once YAML aliases are expanded"),
+    "100k nested brackets": (
+        "name: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        "line 1: nested deeper than 32",
+    ),
+    "100k nested mappings": ("a: " + "{a: " * 100_000 + "1" + "}" * 100_000 + "\n", "line 1: nested deeper"),
+    "a key twice": (TWICE_TOP, f"name: given twice, on lines 3 and {len(TWICE_TOP.splitlines())}"),
+    "a nested key twice": (
+        TWICE_NESTED,
+        f"pretrain.epochs: given twice, on lines {_line_of(TWICE_NESTED, 'epochs: 30')} and "
+        f"{_line_of(TWICE_NESTED, 'epochs: 3', 1)}",
+    ),
+    "a key twice in a flow mapping": (
+        _quickstart_with(
+            "\n  clip: {frames: 8, size: 32, flip: false}", "\n  clip: {frames: 8, size: 32, frames: 4}"
+        ),
+        f"pretrain.clip.frames: given twice, on line {_line_of(QUICKSTART.read_text(), 'frames: 8')}",
+    ),
+    "a 5,000-digit integer": ("name: " + "9" * 5000 + "\n", "invalid YAML value (Exceeds the limit"),
+    "a spec that contains itself": (
+        _quickstart_with("name: quickstart", "name: &self [*self]"),
+        "name: Input should be a valid string (got [[[[[[[[",
+    ),
+    "a 2 MiB spec": (QUICKSTART.read_text() + "#" * (2 << 20) + "\n", "larger than 1 MiB: not a spec"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_specs_are_one_line_in_bounded_time(case: str, tmp_path: Path) -> None:
+    text, expected = HOSTILE[case]
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    result = subprocess.run(
+        [MEGA3D, "validate", str(path)], capture_output=True, text=True, timeout=20, cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: {expected}"), result.stderr[-2000:]
+    assert result.stdout == "" and list(tmp_path.iterdir()) == [path]
+
+
+def test_merge_keys_still_override_what_they_merge(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        _quickstart_with(
+            "finetune:\n  - name: motion-c\n", "finetune:\n  - &stage\n    name: motion-c\n"
+        ).replace("evaluation:", "  - {<<: *stage, name: motion-d}\nevaluation:")
+    )
+    assert [stage.name for stage in load_spec(path).finetune] == ["motion-c", "motion-d"]
+
+
+def test_json_specs_are_bounded_too() -> None:
+    for text, expected in [
+        ("[" * 100_000 + "]" * 100_000, r"spec_json: invalid JSON \(nested too deeply\)"),
+        ('{"name": ' + "9" * 5000 + "}", r"spec_json: invalid JSON \(Exceeds the limit"),
+        ("{}" + " " * (2 << 20), "spec_json: larger than 1 MiB"),
+    ]:
+        with pytest.raises(SpecError, match=expected) as caught:
+            spec_from_json(text)
+        assert len(caught.value.lines()) == 1
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -14,10 +14,17 @@ import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from mega3d.trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
+from mega3d.trainer.checkpoint import (
+    CheckpointError,
+    CheckpointHeader,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
 from mega3d.trainer.data.format import ClipReader, DatasetError, index_uri, load_index
 from mega3d.trainer.data.synth import synthesize
 from mega3d.trainer.data.writer import ShardWriter, SingleWriterPlan, finish, jpeg_frames, start
+from mega3d.trainer.models import build_model
 from mega3d.trainer.records import StageJob
 from mega3d.trainer.spec import (
     KINETICS_MEAN,
@@ -29,7 +36,7 @@ from mega3d.trainer.spec import (
     SyntheticSpec,
     parse_spec,
 )
-from mega3d.trainer.train import Trainer, duration
+from mega3d.trainer.train import DIVERGED_STEPS, Trainer, duration
 
 TINY_STAGE = {
     "epochs": 2,
@@ -58,7 +65,13 @@ def write_spec(tmp_path: Path, dataset: str, **finetune: Any) -> str:
 
 
 def trainer(
-    command: str, spec: str, stage: str, dataset: str, out: Path, init: Path | None = None
+    command: str,
+    spec: str,
+    stage: str,
+    dataset: str,
+    out: Path,
+    init: Path | None = None,
+    returncode: int = 0,
 ) -> subprocess.CompletedProcess[str]:
     args = [
         command,
@@ -80,7 +93,7 @@ def trainer(
         timeout=300,
         env={"OMP_NUM_THREADS": "1", "PATH": ""},
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
     return result
 
 
@@ -528,3 +541,75 @@ def test_a_compiled_training_step_trains_and_saves_plain_weights(
     assert type(trained.step_model).__name__ == "OptimizedModule" and trained.state.history[0].train_loss > 0
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))["state_dict"]
     assert "conv1.weight" in state and not any("_orig_mod" in key for key in state)
+
+
+# A stage whose loss stops being a number fails at once, with one line, and leaves no checkpoint behind.
+# (processes, clips per step and process, the line); 12 training videos.
+DIVERGED = {
+    f"{DIVERGED_STEPS} steps in a row": (
+        1,
+        2,  # 6 steps an epoch
+        f"error: stage tuned: training diverged: the training loss was not finite for {DIVERGED_STEPS} "
+        f"steps in a row, up to epoch 1 step {DIVERGED_STEPS} (last: nan); lower optimizer.lr (now 0.003), "
+        "or check the checkpoint it starts from",
+    ),
+    "epochs shorter than that": (
+        1,
+        8,  # one step an epoch: the validation loss tells
+        "error: stage tuned: training diverged: the validation loss is nan after epoch 1 (step 1); lower "
+        "optimizer.lr (now 0.003), or check the checkpoint it starts from",
+    ),
+    "two processes stop together, one says why": (
+        2,
+        2,  # 3 steps an epoch on each process
+        f"error: stage tuned: training diverged: the training loss was not finite for {DIVERGED_STEPS} "
+        f"steps in a row, up to epoch 1 step {DIVERGED_STEPS} (last: nan); lower optimizer.lr (now 0.003), "
+        "or check the checkpoint it starts from",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIVERGED))
+def test_a_diverged_stage_fails_with_one_line_and_saves_nothing(
+    case: str, tmp_path: Path, tiny_dataset: str
+) -> None:
+    processes, batch_size, expected = DIVERGED[case]
+    model = build_model("r3d-10", 3, widen_factor=0.125)
+    with torch.no_grad():  # weights of a diverged run: every loss from them is NaN
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    init = tmp_path / "diverged.pt"
+    header = CheckpointHeader(arch="r3d-10", model_options={"widen_factor": 0.125}, n_classes=3)
+    save_checkpoint(str(init), header, {"state_dict": model.state_dict()})
+    spec = write_spec(tmp_path, tiny_dataset, batch_size=batch_size, epochs=3)
+    out = tmp_path / "out"
+    if processes == 1:
+        stderr = trainer("train", spec, "tuned", tiny_dataset, out, init, returncode=1).stderr
+    else:
+        torchrun = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            f"--nproc-per-node={processes}",
+        ]
+        args = [
+            "--spec",
+            spec,
+            "--stage",
+            "tuned",
+            "--data-index",
+            index_uri(tiny_dataset),
+            "--out",
+            str(out),
+        ]
+        result = subprocess.run(
+            [*torchrun, "-m", "mega3d.trainer", "train", *args, "--init", str(init)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={"OMP_NUM_THREADS": "1", "PATH": ""},
+        )
+        assert result.returncode != 0
+        stderr = result.stderr
+    ours = stderr.partition(expected)[0] + expected if processes > 1 else stderr  # torchrun's report after
+    assert ours.strip().splitlines() == [expected], stderr[-3000:]
+    assert not out.exists() or list(out.iterdir()) == []

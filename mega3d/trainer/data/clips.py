@@ -6,10 +6,11 @@ it, for `augment.normalize` to do on the whole batch on the device.
 Evaluation: the video cut into non-overlapping windows, each centre-cropped; each window is one clip.
 Clips leave here as (T, size, size, 3) uint8.
 
-Frames come from a `ClipReader`: one ranged read per clip. A video whose bytes cannot be decoded is
-skipped and counted, so that the Trainer can report it and stop when too many fail: a training sample
-takes the next video in its place (every DDP rank keeps taking full batches), an evaluation window yields
-None, which `collate_clips` leaves out of its batch.
+Frames come from a `ClipReader`: one ranged read per clip. A video whose bytes cannot be decoded, or
+are found to differ from the digest the index recorded for them (the reader checks a sample of its reads,
+see `format.VERIFY_SHARE`), is skipped and counted, so that the Trainer can report it and stop when too
+many fail: a training sample takes the next video in its place (every DDP rank keeps taking full batches),
+an evaluation window yields None, which `collate_clips` leaves out of its batch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from mega3d.trainer.data.augment import center_box, crop_resize, sample_crop
-from mega3d.trainer.data.format import ClipReader, CorruptVideo, DatasetError, DatasetIndex
+from mega3d.trainer.data.format import VERIFY_SHARE, ClipReader, CorruptVideo, DatasetError, DatasetIndex
 from mega3d.trainer.spec import ClipSpec
 
 
@@ -56,10 +57,16 @@ class _SplitClips:
     """Clips of `frames` x `size` x `size` from one split of an index."""
 
     def __init__(
-        self, index: DatasetIndex, split: str, frames: int, size: int, cache_dir: str | None = None
+        self,
+        index: DatasetIndex,
+        split: str,
+        frames: int,
+        size: int,
+        cache_dir: str | None = None,
+        verify_share: float = VERIFY_SHARE,
     ) -> None:
         self.index = index
-        self.reader = ClipReader(index, cache_dir)
+        self.reader = ClipReader(index, cache_dir, verify_share)
         self.rows = index.rows(split)
         self.frames = frames
         self.size = size
@@ -70,8 +77,15 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
 
     ATTEMPTS = 20
 
-    def __init__(self, index: DatasetIndex, split: str, clip: ClipSpec, cache_dir: str | None = None) -> None:
-        super().__init__(index, split, clip.frames, clip.size, cache_dir)
+    def __init__(
+        self,
+        index: DatasetIndex,
+        split: str,
+        clip: ClipSpec,
+        cache_dir: str | None = None,
+        verify_share: float = VERIFY_SHARE,
+    ) -> None:
+        super().__init__(index, split, clip.frames, clip.size, cache_dir, verify_share)
         self.clip = clip
 
     def __len__(self) -> int:
@@ -108,8 +122,9 @@ class EvaluationWindows(_SplitClips, Dataset[tuple[torch.Tensor, Any, int] | Non
         size: int,
         middle_only: bool = False,
         cache_dir: str | None = None,
+        verify_share: float = VERIFY_SHARE,
     ) -> None:
-        super().__init__(index, split, frames, size, cache_dir)
+        super().__init__(index, split, frames, size, cache_dir, verify_share)
         lengths = index.columns["frames"][self.rows].astype(np.int64)
         if middle_only:
             self.numbers = np.arange(len(self.rows))

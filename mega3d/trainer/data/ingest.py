@@ -25,17 +25,22 @@ import hashlib
 import io
 import json
 import multiprocessing
+import os
 import queue
+import signal
+import stat
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mega3d.trainer.data.format import DEFAULT_SHARD_BYTES, SUBSETS, DatasetError, DatasetIndex, encode_jpeg
-from mega3d.trainer.data.writer import ShardWriter, SourcePlan, finish, start
+from mega3d.trainer.data.writer import ShardWriter, SourcePlan, finish, start, writing
+from mega3d.trainer.lifetime import end_with_parent
 
 # What reading a missing or broken video raises (PyAV's errors are OSErrors or ValueErrors; h5py's missing
 # dataset a KeyError; a file without a video stream an IndexError).
@@ -54,6 +59,7 @@ class SourceVideo:
     path: str  # under the source root
     frames: tuple[int, int] | None = None  # [begin, end) frame numbers (reference layouts)
     seconds: tuple[float, float] | None = None  # [start, end) of a video file
+    row: str = field(default="", compare=False)  # where the annotations list it, for messages
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,18 @@ class Source:
 
 
 def _read_text(path: Path, what: str) -> str:
+    if path.is_dir():
+        raise DatasetError(f"{path}: a folder, not the {what}")
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise DatasetError(f"{path}: not a regular file, so not the {what}")
     try:
         return path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path}: cannot read the {what} ({error})") from None
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: cannot read the {what} (no such file)") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: cannot read the {what} (not UTF-8 text)") from None
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
 
 
 def _check_split(split: object, where: str) -> str:
@@ -86,15 +100,22 @@ def read_reference(kind: str, root: Path, path: Path) -> Source:
     try:
         data = json.loads(_read_text(path, "annotation file"))
     except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: cannot read the annotation file ({error})") from None
+        raise DatasetError(
+            f"{path}: not JSON, so not a reference annotation file (line {error.lineno} column {error.colno})"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("labels"), list) or "database" not in data:
         raise DatasetError(f"{path}: expected {{'labels': [...], 'database': {{...}}}}")
     labels = [str(label) for label in data["labels"]]
+    if not isinstance(data["database"], dict):
+        raise DatasetError(f"{path}: database: expected {{video id: {{...}}}}")
     videos, unlabelled = [], 0
     for video_id, entry in data["database"].items():
         where = f"{path}: database.{video_id}"
+        annotation = entry.get("annotations") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not isinstance(annotation or {}, dict):
+            raise DatasetError(f"{where}: expected {{'subset': ..., 'annotations': {{'label': ...}}}}")
         split = _check_split(entry.get("subset"), f"{where}.subset")
-        annotation = entry.get("annotations") or {}
+        annotation = annotation or {}
         if "label" not in annotation:  # the reference's testing videos carry no label
             unlabelled += 1
             continue
@@ -104,13 +125,16 @@ def read_reference(kind: str, root: Path, path: Path) -> Source:
         segment = annotation.get("segment")
         location = f"{label}/{video_id}" + (".hdf5" if kind == "hdf5" else "")
         frames = (int(segment[0]), int(segment[1])) if segment else None
-        videos.append(SourceVideo(video_id, (label,), split, location, frames=frames))
+        videos.append(SourceVideo(video_id, (label,), split, location, frames=frames, row=where))
     return Source(kind, root, labels, videos, unlabelled)
 
 
 def read_video_list(root: Path, path: Path) -> Source:
     """A CSV of `path,label[,split]`, a header line optional; `a|b` gives a video several labels."""
-    rows = list(csv.reader(_read_text(path, "video list").splitlines()))
+    text = _read_text(path, "video list")
+    if text.lstrip().startswith("{"):
+        raise DatasetError(f"{path}: JSON, not a video list of path,label[,split]")
+    rows = list(csv.reader(text.splitlines()))
     videos = []
     for number, row in enumerate(rows, 1):
         if not row or (number == 1 and row[:2] == ["path", "label"]):
@@ -118,7 +142,8 @@ def read_video_list(root: Path, path: Path) -> Source:
         if len(row) not in (2, 3):
             raise DatasetError(f"{path}: line {number}: expected path,label[,split], got {len(row)} fields")
         split = _check_split(row[2] if len(row) == 3 else "training", f"{path}: line {number}: split")
-        videos.append(SourceVideo(row[0], tuple(row[1].split("|")), split, row[0]))
+        where = f"{path}: line {number}"
+        videos.append(SourceVideo(row[0], tuple(row[1].split("|")), split, row[0], row=where))
     return Source("video", root, _labels_of(videos), videos)
 
 
@@ -126,23 +151,26 @@ def _labels_of(videos: list[SourceVideo]) -> list[str]:
     return sorted({label for video in videos for label in video.labels})
 
 
-def _lines(path: Path) -> list[list[str]]:
-    return [line.split() for line in _read_text(path, "split list").splitlines() if line.strip()]
+def _lines(path: Path) -> list[tuple[int, list[str]]]:
+    """The words of each line that has any, with its line number."""
+    lines = enumerate(_read_text(path, "split list").splitlines(), 1)
+    return [(number, line.split()) for number, line in lines if line.strip()]
 
 
 def read_ucf101(root: Path, lists: Path, split: int) -> Source:
     """UCF-101's own split lists; labels in classInd.txt order."""
-    labels = [name for _, name in _lines(lists / "classInd.txt")]
+    labels = [fields[-1] for _, fields in _lines(lists / "classInd.txt")]
     videos = []
     for name, subset in (
         (f"trainlist{split:02d}.txt", "training"),
         (f"testlist{split:02d}.txt", "validation"),
     ):
-        for fields in _lines(lists / name):
+        for number, fields in _lines(lists / name):
             label = fields[0].split("/")[0]
             if label not in labels:
                 raise DatasetError(f"{lists / name}: {fields[0]}: class {label!r} is not in classInd.txt")
-            videos.append(SourceVideo(fields[0], (label,), subset, fields[0]))
+            where = f"{lists / name}: line {number}"
+            videos.append(SourceVideo(fields[0], (label,), subset, fields[0], row=where))
     return Source("video", root, labels, videos)
 
 
@@ -154,12 +182,18 @@ def read_hmdb51(root: Path, splits: Path, split: int) -> Source:
     labels = [path.name.removesuffix(f"_test_split{split}.txt") for path in files]
     videos = []
     for label, path in zip(labels, files, strict=True):
-        for video, use in _lines(path):
-            if use not in ("0", "1", "2"):
-                raise DatasetError(f"{path}: {video}: {use!r} is not 0 (unused), 1 (training) or 2 (testing)")
+        for number, fields in _lines(path):
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise DatasetError(
+                    f"{path}: line {number}: expected a video and 0 (unused), 1 (training) or 2 (testing)"
+                )
+            video, use = fields
             if use != "0":
                 subset = "training" if use == "1" else "validation"
-                videos.append(SourceVideo(f"{label}/{video}", (label,), subset, f"{label}/{video}"))
+                where = f"{path}: line {number}"
+                videos.append(
+                    SourceVideo(f"{label}/{video}", (label,), subset, f"{label}/{video}", row=where)
+                )
     return Source("video", root, labels, videos)
 
 
@@ -211,7 +245,7 @@ def read_youtube_clips(root: Path, paths: Sequence[Path], multi_label: bool) -> 
             name = f"{row['youtube_id']}_{start:06d}_{end:06d}"
             labels = tuple(row[label_column].split("|"))
             found = _find_video(root, [f"{labels[0]}/{name}", name])
-            videos.append(SourceVideo(name, labels, split, found))
+            videos.append(SourceVideo(name, labels, split, found, row=f"{path}: line {number}"))
     return Source("video", root, _labels_of(videos), videos)
 
 
@@ -220,18 +254,89 @@ def read_activitynet(root: Path, path: Path) -> Source:
     `v_<id>` (or `<id>`); unannotated (testing) videos are skipped."""
     try:
         database = json.loads(_read_text(path, "ActivityNet JSON"))["database"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DatasetError(f"{path}: expected an ActivityNet JSON with a database ({error})") from None
+        if not isinstance(database, dict):
+            raise TypeError("database is not an object")
+    except json.JSONDecodeError as error:
+        raise DatasetError(
+            f"{path}: not JSON, so not an ActivityNet file (line {error.lineno} column {error.colno})"
+        ) from None
+    except (KeyError, TypeError):
+        raise DatasetError(f"{path}: expected an ActivityNet JSON with a database of videos") from None
     videos = []
     for video_id, entry in database.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("annotations") or [], list):
+            raise DatasetError(
+                f"{path}: database.{video_id}: expected {{'subset': ..., 'annotations': [...]}}"
+            )
         split = _check_split(entry.get("subset"), f"{path}: database.{video_id}.subset")
         found = _find_video(root, [f"v_{video_id}", video_id])
         for n, annotation in enumerate(entry.get("annotations") or []):
-            begin, end = (float(t) for t in annotation["segment"])
+            where = f"{path}: database.{video_id}.annotations[{n}]"
+            try:
+                begin, end = (float(t) for t in annotation["segment"])
+                label = str(annotation["label"])
+            except (KeyError, TypeError, ValueError):  # not an object, no such key, not two numbers
+                raise DatasetError(
+                    f"{where}: expected a label and a segment [start, end] in seconds"
+                ) from None
             videos.append(
-                SourceVideo(f"{video_id}_{n}", (annotation["label"],), split, found, seconds=(begin, end))
+                SourceVideo(f"{video_id}_{n}", (label,), split, found, seconds=(begin, end), row=where)
             )
     return Source("video", root, _labels_of(videos), videos)
+
+
+FORMATS_OF_JSON = {
+    "reference": ("reference-jpg", "reference-hdf5"),
+    "activitynet": ("activitynet",),
+}
+SNIFF_BYTES = 1 << 16
+
+
+def formats_that_fit(path: Path) -> tuple[str, tuple[str, ...]]:
+    """What an annotation file (or folder) looks like, and the --format values that read such files; no
+    formats when it is not recognised. Only the first 64 KiB of a file are looked at (JSON whole)."""
+    if path.is_dir():
+        if (path / "classInd.txt").is_file():
+            return "UCF-101's split lists", ("ucf101",)
+        if next(path.glob("*_test_split[123].txt"), None) is not None:
+            return "HMDB-51's split files", ("hmdb51",)
+        return "a folder", ()
+    if not path.is_file():
+        return "", ()
+    with path.open("rb") as file:
+        head = file.read(SNIFF_BYTES).decode("utf-8", errors="replace")
+    if head.lstrip().startswith(("{", "[")):
+        try:
+            data = json.loads(_read_text(path, "annotation file"))
+        except (json.JSONDecodeError, DatasetError):
+            return "broken JSON", ()
+        if isinstance(data, dict) and "labels" in data and "database" in data:
+            return "a reference annotation JSON", FORMATS_OF_JSON["reference"]
+        if isinstance(data, dict) and "database" in data:
+            return "an ActivityNet JSON", FORMATS_OF_JSON["activitynet"]
+        return "JSON of another kind", ()
+    lines = [line for line in head.splitlines()[:20] if line.strip()]
+    rows = list(csv.reader(lines))
+    header = set(rows[0]) if rows else set()
+    if {"youtube_id", "time_start", "time_end"} <= header:
+        return ("HVU's CSV", ("hvu",)) if "Tags" in header else ("a Kinetics CSV", ("kinetics",))
+    if rows and all(len(row) in (2, 3) for row in rows):
+        return "a CSV list of path,label[,split]", ("csv",)
+    if lines and all(1 <= len(line.split()) <= 2 for line in lines):
+        return "a UCF-101 or HMDB-51 split list", ("ucf101", "hmdb51")
+    return "", ()
+
+
+def format_hint(annotations: Sequence[Path], chosen: str) -> str:
+    """For a message about annotations that `chosen` cannot read: which formats fit them, if others do."""
+    if not annotations:
+        return ""
+    looks, formats = formats_that_fit(annotations[0])
+    if not formats or chosen in formats:
+        return ""
+    if formats == ("ucf101", "hmdb51"):
+        return f"; it looks like {looks}: give --annotations its folder with --format ucf101 or hmdb51"
+    return f"; it looks like {looks}: use --format {' or '.join(formats)}"
 
 
 # ---- reading frames ------------------------------------------------------------------------------------
@@ -278,13 +383,41 @@ def _from_jpegs(encoded: Sequence[tuple[str, bytes]], short_side: int, where: st
     return Frames([data for data, _ in stored], height, width, None)
 
 
+def _kind_of(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "of an unknown kind"
+
+
+def _regular_file(path: Path) -> None:
+    """Opening a FIFO or a device would block or never end: only regular files are read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"{path}: {_kind_of(mode)}, not a regular file")
+
+
 def load_frame_folder(path: Path, video: SourceVideo, short_side: int) -> Frames:
     """reference-jpg: image_00001.jpg ... of one video."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such folder of frames")
     if video.frames is None:
         numbers = sorted(int(p.stem.removeprefix("image_")) for p in path.glob("image_*.jpg"))
     else:
         numbers = list(range(*video.frames))
     files = [path / f"image_{n:05d}.jpg" for n in numbers]
+    for file in files:
+        _regular_file(file)
     return _from_jpegs([(str(file), file.read_bytes()) for file in files], short_side, str(path))
 
 
@@ -292,9 +425,21 @@ def load_hdf5_video(path: Path, video: SourceVideo, short_side: int) -> Frames:
     """reference-hdf5: dataset `video` of one JPEG per frame."""
     import h5py
 
-    with h5py.File(path, "r") as video_file:
+    _regular_file(path)
+    try:
+        video_file = h5py.File(path, "r")
+    except OSError:
+        raise DatasetError(f"{path}: not an HDF5 file") from None
+    with video_file:
+        if "video" not in video_file:
+            raise DatasetError(f"{path}: no dataset 'video' in it")
         encoded = video_file["video"]
         numbers = range(*video.frames) if video.frames is not None else range(len(encoded))
+        if numbers and (numbers[0] < 0 or numbers[-1] >= len(encoded)):
+            raise DatasetError(
+                f"{path}: the annotation's segment asks for frames {numbers[0]} to {numbers[-1]}, "
+                f"the file holds {len(encoded)} (0 to {len(encoded) - 1})"
+            )
         frames = [(f"{path} frame {n}", bytes(encoded[n])) for n in numbers]
         return _from_jpegs(frames, short_side, str(path))
 
@@ -303,8 +448,17 @@ def load_video_file(path: Path, video: SourceVideo, short_side: int) -> Frames:
     """A video file decoded by PyAV: every frame, or those shown within `video.seconds`."""
     import av
 
+    _regular_file(path)
     seconds = video.seconds
-    with av.open(str(path)) as container:
+    try:
+        container = av.open(str(path))
+    except av.error.InvalidDataError:
+        raise DatasetError(f"{path}: not a video file FFmpeg can read (its data is invalid)") from None
+    except av.error.FFmpegError as error:
+        raise DatasetError(f"{path}: FFmpeg cannot open it ({error.strerror})") from None
+    with container:
+        if not container.streams.video:
+            raise DatasetError(f"{path}: no video stream in it (audio only?)")
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
         images = [
@@ -353,7 +507,7 @@ def _write(
         try:
             frames = load(source.root / video.path, video, options.short_side)
         except UNREADABLE as error:
-            writer.add_error(order, video.id, str(error) or type(error).__name__)
+            writer.add_error(order, video.id, _reason(error, source.root / video.path))
         else:
             labels = [label_number[label] for label in video.labels]
             writer.add(
@@ -370,11 +524,49 @@ def _write(
     writer.flush()
 
 
+def _reason(error: Exception, path: Path) -> str:
+    """Why a video could not be read, in words naming its file (ours say so already)."""
+    if isinstance(error, DatasetError):
+        return str(error)
+    av = sys.modules.get("av")  # an FFmpeg error only where PyAV was used
+    if av is not None and isinstance(error, av.error.FFmpegError):  # decoding failed part-way
+        return f"{path}: FFmpeg cannot decode it ({error.strerror})"
+    if isinstance(error, FileNotFoundError):
+        return f"{error.filename or path}: no such file"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename or path}: {error.strerror}"
+    return f"{path}: {error or type(error).__name__}"
+
+
+def _die_with(parent: int) -> None:
+    """Make this worker end when the ingest that started it ends, however it ends: an orphan would go on
+    writing shards beside a resumed run. Workers are spawned (a fresh interpreter whose parent is the
+    ingest process), so this runs first in each. The parent pid is checked here, for a parent that died
+    before the request took effect, and after every video (`_check_parent`), for systems without prctl."""
+    end_with_parent(parent, signal.SIGKILL)
+
+
+def _check_parent(parent: int) -> None:
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _worker(
-    uri: str, source: Source, options: Options, items: list[tuple[int, SourceVideo]], messages: Any
+    uri: str,
+    source: Source,
+    options: Options,
+    items: list[tuple[int, SourceVideo]],
+    messages: Any,
+    parent: int,
 ) -> None:
+    _die_with(parent)
+
+    def report() -> None:
+        _check_parent(parent)
+        messages.put(("video", ""))
+
     try:
-        _write(uri, source, options, items, lambda: messages.put(("video", "")))
+        _write(uri, source, options, items, report)
     except BaseException as error:
         messages.put(("failed", f"{type(error).__name__}: {error}"))
         raise
@@ -383,7 +575,8 @@ def _worker(
 
 def plan_of(source: Source, options: Options) -> SourcePlan:
     """What an ingest writes; a resumed run must have the same plan."""
-    videos = hashlib.sha256(json.dumps([astuple(video) for video in source.videos]).encode()).hexdigest()
+    listed = [[v.id, v.labels, v.split, v.path, v.frames, v.seconds] for v in source.videos]
+    videos = hashlib.sha256(json.dumps(listed).encode()).hexdigest()
     return SourcePlan(
         kind=source.kind,
         root=str(source.root.resolve()),
@@ -395,20 +588,57 @@ def plan_of(source: Source, options: Options) -> SourcePlan:
     )
 
 
-def ingest(
-    uri: str, source: Source, options: Options, workers: int = 1, progress: Progress | None = None
-) -> DatasetIndex:
-    """Write a source as a dataset with `workers` processes. An interrupted ingest is resumed by running it
-    again: the videos of finished shards are skipped."""
+def check_source(source: Source) -> None:
+    """Refuse what the annotations list that cannot be ingested (before anything is written): no videos,
+    a missing root, ids listed twice, empty labels, paths outside the root, files that are not files."""
     if not source.videos:
         raise DatasetError(f"{source.root}: no labelled videos listed")
-    if source.kind != "video" and not source.root.is_dir():
+    if not source.root.is_dir():
         raise DatasetError(f"{source.root}: no such directory")
     seen: set[str] = set()
     for video in source.videos:
+        where = video.row or f"video {video.id!r}"
         if video.id in seen:
-            raise DatasetError(f"video id {video.id!r} is listed twice")
+            raise DatasetError(f"{where}: video id {video.id!r} is listed twice")
         seen.add(video.id)
+        if not video.labels or any(not label.strip() for label in video.labels):
+            raise DatasetError(f"{where}: an empty label (every video needs a class name)")
+        relative = PurePosixPath(video.path)
+        if relative.is_absolute() or ".." in relative.parts or Path(video.path).is_absolute():
+            raise DatasetError(f"{where}: {video.path!r} is not a path inside the root {source.root}")
+        try:
+            mode = (source.root / video.path).stat().st_mode
+        except OSError:  # missing: listed among the unreadable videos
+            continue
+        wanted = (stat.S_ISDIR, "a folder of frames") if source.kind == "frames" else (stat.S_ISREG, "a file")
+        if not wanted[0](mode):
+            raise DatasetError(f"{where}: {video.path!r} is {_kind_of(mode)}, not {wanted[1]}")
+
+
+def ingest(
+    uri: str,
+    source: Source,
+    options: Options,
+    workers: int = 1,
+    progress: Progress | None = None,
+    notice: Callable[[str], None] | None = None,
+) -> DatasetIndex:
+    """Write a source as a dataset with `workers` processes. An interrupted ingest is resumed by running it
+    again: the videos of finished shards are skipped. One writer at a time: another live ingest of `uri`
+    is refused; a dead one's lock is taken over (`notice` hears of it)."""
+    check_source(source)
+    with writing(uri, notice) as lock:
+        return _ingest(uri, source, options, workers, progress, lock.check)
+
+
+def _ingest(
+    uri: str,
+    source: Source,
+    options: Options,
+    workers: int,
+    progress: Progress | None,
+    still_locked: Callable[[], None],
+) -> DatasetIndex:
     done = start(uri, plan_of(source, options))
     todo = [(order, video) for order, video in enumerate(source.videos) if video.id not in done]
     total, finished = len(source.videos), len(source.videos) - len(todo)
@@ -428,6 +658,7 @@ def ingest(
     else:
         _write_in_parallel(uri, source, options, [todo[w::workers] for w in range(workers)], advance)
     multi_label = any(len(video.labels) > 1 for video in source.videos)
+    still_locked()  # finish deletes shards no manifest claims: never another writer's
     return finish(uri, source.labels, multi_label)
 
 
@@ -442,7 +673,8 @@ def _write_in_parallel(
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(uri, source, options, share, messages)) for share in shares
+        context.Process(target=_worker, args=(uri, source, options, share, messages, os.getpid()))
+        for share in shares
     ]
     for process in processes:
         process.start()

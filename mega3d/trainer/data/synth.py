@@ -12,12 +12,24 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mega3d.trainer.data.format import DatasetIndex
-from mega3d.trainer.data.writer import DatasetWriter
+from mega3d.trainer.data.format import DatasetError, DatasetIndex
+from mega3d.trainer.data.writer import DatasetWriter, writing
 from mega3d.trainer.spec import SyntheticSpec
 
 VALIDATION_FRACTION = 0.25
 SHAPES_PER_VIDEO = 8
+
+# One video is rendered in memory as float32 (frames x size x size x 3): 64 Mi pixels take 768 MiB. The
+# spec bounds each parameter alone; together they could still ask for terabytes.
+MAX_VIDEO_PIXELS = 64 << 20
+
+
+def too_large(params: SyntheticSpec) -> str | None:
+    """Why videos of these parameters are too large to render, or None."""
+    pixels = params.frames * params.size * params.size
+    if pixels <= MAX_VIDEO_PIXELS:
+        return None
+    return f"frames x size x size is {pixels:,} pixels a video, more than {MAX_VIDEO_PIXELS:,}"
 
 
 def class_angles(params: SyntheticSpec) -> list[float]:
@@ -70,9 +82,21 @@ def render_video(
 
 
 def synthesize(
-    uri: str, params: SyntheticSpec, progress: Callable[[int, int], None] | None = None
+    uri: str,
+    params: SyntheticSpec,
+    progress: Callable[[int, int], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> DatasetIndex:
-    """Write a synthetic dataset to `uri`; refuses to overwrite an existing one."""
+    """Write a synthetic dataset to `uri`; refuses to overwrite an existing one, and videos too large
+    to render. `notice` hears of a dead writer's lock taken over."""
+    problem = too_large(params)
+    if problem is not None:
+        raise DatasetError(f"{uri}: {problem}; choose a smaller size or fewer frames")
+    with writing(uri, notice):
+        return _synthesize(uri, params, progress)
+
+
+def _synthesize(uri: str, params: SyntheticSpec, progress: Callable[[int, int], None] | None) -> DatasetIndex:
     writer = DatasetWriter(uri, class_names(params))
     rng = np.random.default_rng(params.seed)
     # Every class gets at least one validation video, unless it has only one video in all.

@@ -14,7 +14,8 @@ import json
 import posixpath
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from hashlib import blake2b
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ from mega3d.trainer.records import Record
 
 WORK_DIR = "ingest"
 PLAN_FILE = "plan.json"
+LOCK_FILE = "ingest.lock"  # beside the work folder: held from `start` to the end of `finish`
 MANIFEST_COLUMNS = (*COLUMNS, "order")  # `order`: each video's place in the source
 
 
@@ -220,25 +222,60 @@ class ShardWriter:
         self._reset()
 
 
-def start(dataset_uri: str, plan: IngestPlan) -> set[str]:
+@contextmanager
+def writing(dataset_uri: str, notice: Callable[[str], None] | None = None) -> Iterator[storage.Lock]:
+    """Hold the dataset's writer lock for the block: one writer per dataset, whatever the host. Another
+    live writer's lock is a DatasetError naming it; a dead one's is taken over (said through `notice`)."""
+    existed = storage.exists(dataset_uri)
+    try:
+        with storage.exclusive(storage.join(dataset_uri, LOCK_FILE), notice) as lock:
+            yield lock
+    except storage.Locked as error:
+        raise DatasetError(f"{dataset_uri}: {error}") from None
+    finally:
+        # A refused or failed first write leaves no empty folder behind (the lock made it).
+        if not existed and not storage.list_dir(dataset_uri):
+            storage.remove(dataset_uri)
+
+
+def start(dataset_uri: str, plan: IngestPlan, resume: bool = True) -> set[str]:
     """Begin or resume writing a dataset: the ids already written (or found unreadable) by an earlier run
-    with the same plan. Refuses a finished dataset, and an unfinished one of other videos."""
+    with the same plan. Refuses a finished dataset, and unfinished work of another plan that has written
+    shards. Leftovers that hold no video (a failed command's plan, manifests of unreadable videos only)
+    never block: they are cleared, as is an earlier single writer's work when `resume` is false (a writer
+    that cannot skip what is done would write it twice). Call it holding `writing`'s lock."""
     if storage.exists(index_uri(dataset_uri)):
         raise DatasetError(f"{dataset_uri}: a dataset already exists there; choose another URI")
     plan_uri = storage.join(work_dir(dataset_uri), PLAN_FILE)
+    manifests = []
     if storage.exists(plan_uri):
-        if _read_plan(plan_uri) != plan:
+        earlier = _read_plan(plan_uri)
+        manifests = _manifests(dataset_uri)
+        written = any(manifest.shard is not None for manifest, _ in manifests)
+        restart = not resume and isinstance(earlier, SingleWriterPlan)
+        if written and earlier != plan and not restart:
             raise DatasetError(
                 f"{dataset_uri}: an unfinished dataset of other videos or options is there "
                 f"({plan_uri}); choose another URI, or delete {work_dir(dataset_uri)} to start over"
             )
-    else:
+        if not written or restart:
+            discard(dataset_uri)
+            manifests = []
+    if not manifests:
         plan.write(plan_uri)
     done: set[str] = set()
-    for manifest, columns in _manifests(dataset_uri):
+    for manifest, columns in manifests:
         done.update(video_id.decode() for video_id in columns["id"].tolist())
         done.update(error.id for error in manifest.errors)
     return done
+
+
+def discard(dataset_uri: str) -> None:
+    """Remove unfinished work: the work folder and every shard (no index refers to them yet)."""
+    for uri in storage.list_dir(dataset_uri):
+        if posixpath.basename(uri).startswith("shard-"):
+            storage.remove(uri)
+    storage.remove(work_dir(dataset_uri))
 
 
 def _manifests(dataset_uri: str) -> list[tuple[ShardManifest, dict[str, np.ndarray]]]:
@@ -259,7 +296,9 @@ def finish(dataset_uri: str, classes: list[str], multi_label: bool = False) -> D
         (error for manifest, _ in manifests for error in manifest.errors), key=lambda error: error.order
     )
     if sum(len(columns["id"]) for columns in parts) == 0:
-        reason = f" ({errors[0].id}: {errors[0].error})" if errors else ""
+        # Nothing worth resuming: a corrected run (the same command after fixing the files) starts over.
+        discard(dataset_uri)
+        reason = f" ({errors[0].error})" if errors else ""
         raise DatasetError(f"{dataset_uri}: no video could be read{reason}")
     columns = concat_columns(parts, [0] * len(parts), [0] * len(parts))
     columns = take_rows(columns, np.argsort(columns.pop("order"), kind="stable"))
@@ -283,7 +322,7 @@ class DatasetWriter:
     """Writes a whole dataset from one process: videos in, index out (synthetic data, small sources)."""
 
     def __init__(self, dataset_uri: str, classes: list[str], shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
-        start(dataset_uri, SingleWriterPlan(classes=classes))
+        start(dataset_uri, SingleWriterPlan(classes=classes), resume=False)
         self.classes = classes
         self.dataset_uri = dataset_uri
         self.shards = ShardWriter(dataset_uri, len(classes), shard_bytes)

@@ -68,6 +68,7 @@ def test_import_command_errors_are_one_line(tmp_path: Path) -> None:
 
     again = mega3d("models", "import", str(source), "-o", str(output))
     wrong = mega3d("models", "import", str(source), "--arch", "r3d-34", "-o", str(tmp_path / "x.pt"))
+    typo = mega3d("models", "import", str(source), "--arch", "r3d-19", "-o", str(tmp_path / "y.pt"))
     broken = []
     for name, content in (("empty.pth", b""), ("garbage.pth", b"hello world garbage")):
         (tmp_path / name).write_bytes(content)
@@ -75,9 +76,11 @@ def test_import_command_errors_are_one_line(tmp_path: Path) -> None:
     for result, message in (
         (again, "already exists"),
         (wrong, "missing ("),
+        (typo, "--arch: unknown architecture 'r3d-19' (did you mean r3d-18 or r3d-10?"),
         *((b, "refused") for b in broken),
     ):
         assert result.returncode == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "internal error" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pth", "garbage.pth", "out.pt", "r3d18.pth"]
+    listed = ["empty.pth", "garbage.pth", "out.pt", "out.pt.sha256", "r3d18.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == listed
     json.dumps(load_checkpoint(str(output))["source"])  # plain data, readable without torch objects
