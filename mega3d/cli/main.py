@@ -80,6 +80,8 @@ def compile_command(
     try:
         compile_pipeline(experiment, str(partial))
         os.replace(partial, output)
+    except OSError as error:  # a read-only file system, a full disk, no permission
+        fail([f"--output {output}: cannot write it ({error.strerror or error})"])
     finally:
         partial.unlink(missing_ok=True)
     out.print(f"wrote {output} (pipeline mega3d-{experiment.name})")

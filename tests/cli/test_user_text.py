@@ -15,6 +15,8 @@ from mega3d.cli.main import app
 from mega3d.trainer.data.format import index_uri, load_index, save_index
 from mega3d.trainer.data.synth import synthesize
 from mega3d.trainer.spec import SyntheticSpec
+from tests.cli.test_ingest import ingest_args
+from tests.cli.test_predict import real_video
 from tests.conftest import QUICKSTART, mega3d
 from tests.kfp_api import KfpApi, kfp_api
 
@@ -79,6 +81,19 @@ def stats(tmp_path: Path) -> tuple[list[str], list[str]]:
     return ["data", "stats", dataset_with_markup_classes(tmp_path)], [EVIL_CLASS, STYLED, CLOSING]
 
 
+def ingested(tmp_path: Path) -> tuple[list[str], list[str]]:
+    """A real video at `clip[/x].mp4` of a class `[red]walk`, and a broken one, listed by its name."""
+    videos = tmp_path / "videos"
+    (videos / "clip[").mkdir(parents=True)
+    (videos / "clip[" / "x].mp4").symlink_to(real_video())
+    (videos / "broken[" / "b].mp4").parent.mkdir()
+    (videos / "broken[" / "b].mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    listing = tmp_path / "list.csv"
+    listing.write_text("clip[/x].mp4,[red]walk\nbroken[/b].mp4,[red]walk\n")
+    words = ingest_args(videos, "csv", listing, tmp_path / "out", "--short-side", "32")
+    return words, ["1 unreadable (listed in the index's errors): broken[/b].mp4: "]
+
+
 CASES: dict[str, Case] = {
     "validate: a spec file and storage named like markup": valid_spec,
     "validate: an invalid spec file named with a styled pair": invalid_spec,
@@ -86,6 +101,7 @@ CASES: dict[str, Case] = {
     "compile: an output file named with a styled pair": compiled,
     "data synth: a dataset folder with a closing tag": synthesized,
     "data stats: class names like markup": stats,
+    "data ingest: video files and classes like markup": ingested,
 }
 
 

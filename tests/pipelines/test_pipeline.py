@@ -159,6 +159,8 @@ def test_compile_refuses_outputs_it_cannot_write(tmp_path: Path) -> None:
     for output, message in (
         (tmp_path / "pipeline.txt", "must end in .yaml"),
         (tmp_path / "missing" / "pipeline.yaml", "its directory does not exist"),
+        # A file system that takes no new files (as a read-only one, whoever runs the tests: root too).
+        (Path("/proc/pipeline.yaml"), "--output /proc/pipeline.yaml: cannot write it ("),
     ):
         result = mega3d("compile", str(QUICKSTART), "-o", str(output))
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
