@@ -359,12 +359,10 @@ def _evaluated_in_training(
     deployment: Deployment,
 ) -> bool:
     """Whether the training job's own evaluation is the one an evaluation job would make: the same
-    checkpoint (the final one), data, split and settings, in one process on CPUs, nothing unreadable (the
-    training job counts its training clips too), and no metrics endpoint that would see an evaluation job.
-
-    One process: with several, each rank ends training with BatchNorm statistics of its own (DDP sends
-    rank 0's at the start of each step, then each rank updates its copy), and scores its windows with them,
-    while the checkpoint holds rank 0's. On GPUs, kernels chosen per process need not score alike."""
+    checkpoint (the final one), data, split and settings, on CPUs, nothing unreadable (the training job
+    counts its training clips too), and no metrics endpoint that would see an evaluation job. (The
+    trainer scores with rank 0's BatchNorm statistics, the checkpoint's. On GPUs, kernels chosen per
+    process need not score alike.)"""
     stage = spec.stage(trained.stage)
     return (
         trained.checkpoint == checkpoint
@@ -373,8 +371,7 @@ def _evaluated_in_training(
         and trained.job.evaluation == spec.evaluation
         and trained.job.spec == stage
         and trained.job.model == spec.model
-        and trained.world_size == 1
-        and stage.resources.nnodes * stage.resources.nproc_per_node == 1
+        and trained.world_size == stage.resources.nnodes * stage.resources.nproc_per_node
         and stage.resources.gpus == 0
         and trained.unreadable == 0
         and deployment.pushgateway is None

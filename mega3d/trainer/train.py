@@ -442,6 +442,11 @@ class Trainer:
         if len(windows) == 0:
             raise ValueError(f"{self.job.data_index}: the dataset has no {split} videos")
         self.model.eval()
+        # Each rank's BatchNorm statistics drift apart while training (DDP sends rank 0's buffers at the
+        # start of each step, then every rank updates its own copy); the checkpoint holds rank 0's. Every
+        # rank scores its windows with those, so that these scores are the checkpoint's.
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer, src=0)
         scores = VideoScores(self.index, windows.rows)
         failed = torch.zeros(1, dtype=torch.float64)
         loader = self._loader(windows, self.job.evaluation.batch_size, shuffle=False)

@@ -76,15 +76,15 @@ def test_the_demo_shows_each_step_its_progress_and_its_result_and_logs_the_rest(
     assert "KFP Executor" in log and "Task 'evaluate' outputs:" in log and "\x1b[" not in log
 
 
-def test_a_stage_trained_on_several_ranks_is_evaluated_by_a_job_of_its_own(
+def test_the_evaluate_step_keeps_the_scores_of_the_two_rank_training_job(
     quickstart_run: tuple[Path, str],
 ) -> None:
-    """Its ranks end training with BatchNorm statistics of their own: the training job's scores are not
-    quite the checkpoint's (tests/cli/test_run_evaluation.py: one rank, where they are)."""
+    """Its ranks scored with rank 0's BatchNorm statistics, the checkpoint's, so the training job's
+    evaluation is an evaluation job's (tests/cli/test_run_evaluation.py compares the two)."""
     run, stdout = quickstart_run
-    assert (
-        "the training job evaluated" not in stdout and metrics(run, "motion-c", "evaluation")["seconds"] > 0
-    )
+    evaluation = metrics(run, "motion-c", "evaluation")
+    assert "the training job evaluated" in stdout and evaluation["seconds"] == 0
+    assert evaluation["world_size"] == 2 and evaluation["job"]["init_checkpoint"] == evaluation["checkpoint"]
 
 
 def test_ddp_ran_on_two_processes(quickstart_run: tuple[Path, str]) -> None:

@@ -1,6 +1,6 @@
-"""A stage trained in one process on CPUs evaluated its final checkpoint on the evaluation split already:
-the evaluation step keeps those scores instead of computing them again, and they are exactly what an
-evaluation job of that checkpoint computes."""
+"""A stage trained on CPUs (in one process or several) evaluated its final checkpoint on the evaluation
+split already: the evaluation step keeps those scores instead of computing them again, and they are exactly
+what an evaluation job of that checkpoint computes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from tests.conftest import mega3d
 pytestmark = pytest.mark.slow
 
 
-def test_the_evaluation_step_keeps_what_an_evaluation_job_scores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_evaluation_step_keeps_what_an_evaluation_job_scores(tmp_path: Path, processes: int) -> None:
     synthetic = {"classes": 3, "videos_per_class": 8, "frames": 8, "size": 24, "seed": 1}
     spec = {
         "name": "kept",
@@ -26,7 +27,14 @@ def test_the_evaluation_step_keeps_what_an_evaluation_job_scores(tmp_path: Path)
         "datasets": {"motion": {"uri": "datasets/motion", "synthetic": synthetic}},
         "model": {"name": "r3d-10", "widen_factor": 0.125},
         "finetune": [
-            {"name": "tuned", "dataset": "motion", "init_from": "scratch", **TINY_STAGE, "epochs": 3}
+            {
+                "name": "tuned",
+                "dataset": "motion",
+                "init_from": "scratch",
+                **TINY_STAGE,
+                "epochs": 3,
+                "resources": {**TINY_STAGE["resources"], "nproc_per_node": processes},  # type: ignore[dict-item]
+            }
         ],
     }
     (tmp_path / "kept.yaml").write_text(yaml.safe_dump(spec))
@@ -38,7 +46,7 @@ def test_the_evaluation_step_keeps_what_an_evaluation_job_scores(tmp_path: Path)
 
     again = tmp_path / "evaluated-again"
     command = [
-        str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "1",
+        str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", str(processes),
         "-m", "mega3d.trainer", "evaluate", "--spec", str(run / "spec.json"), "--stage", "tuned",
         "--data-index", kept["job"]["data_index"], "--out", str(again),
         "--init", str(run / "tuned" / "checkpoint.pt"),
