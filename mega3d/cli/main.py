@@ -168,6 +168,9 @@ def run(
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     run_dir = layout.run_dir(experiment, run_id)
     try:
+        no_bucket = storage.bucket_problem(experiment.storage)
+        if no_bucket is not None:
+            fail([f"{spec}: storage {experiment.storage}: {no_bucket}"])
         if storage.exists(run_dir):
             fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
         missing = missing_inputs(experiment, str(spec))

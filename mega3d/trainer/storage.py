@@ -66,6 +66,25 @@ def exists(uri: str) -> bool:
     return bool(fs.exists(path))
 
 
+OBJECT_STORES = ("gs", "gcs", "s3", "s3a", "az", "abfs")
+
+
+def bucket_problem(uri: str) -> str | None:
+    """Why an object-store URI cannot be used because its bucket does not exist (or these credentials
+    cannot see it), in words; None where it exists, cannot be told, or `uri` is no object-store URI."""
+    scheme, _, rest = uri.partition("://")
+    if scheme not in OBJECT_STORES:
+        return None
+    bucket = rest.split("/", 1)[0]
+    fs, _ = _fs(uri)
+    try:
+        if fs.exists(bucket):
+            return None
+    except OSError:
+        return None  # cannot tell: say only what is certain
+    return f"no bucket {bucket!r} (or these credentials cannot see it)"
+
+
 @contextmanager
 def _said_plainly(uri: str) -> Iterator[None]:
     """Object stores' "not found" as words naming the URI: gcsfs says only the request's URL (also when
@@ -73,16 +92,9 @@ def _said_plainly(uri: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError as error:
-        if "://" not in uri or uri.startswith("file://"):
+        if uri.partition("://")[0] not in OBJECT_STORES:
             raise
-        bucket = uri.split("://", 1)[1].split("/", 1)[0]
-        fs, _ = _fs(uri)
-        try:
-            known = bool(fs.exists(bucket))
-        except OSError:
-            known = True  # cannot tell: say only what is certain
-        what = "no such object" if known else f"no bucket {bucket!r} (or these credentials cannot see it)"
-        raise FileNotFoundError(f"{uri}: {what}") from error
+        raise FileNotFoundError(f"{uri}: {bucket_problem(uri) or 'no such object'}") from error
 
 
 def read_bytes(uri: str) -> bytes:

@@ -120,10 +120,24 @@ def test_memory_filesystem(tmp_path: Path) -> None:
         storage.remove("memory://mega3d-test")
 
 
-def test_a_bucket_that_does_not_exist_is_named_in_words(gcs_bucket: str) -> None:
+def test_a_bucket_that_does_not_exist_is_named_in_words(gcs_bucket: str, tmp_path: Path) -> None:
     made = mega3d("data", "synth", "gs://no-such-bucket/motion", "--classes", "2", "--frames", "4")
     assert made.returncode == 2 and "no bucket 'no-such-bucket' (or these credentials" in made.stderr
     assert "http" not in made.stderr  # not the request's URL
+    spec = {
+        "name": "nowhere",
+        "storage": "gs://no-such-bucket/mega3d",
+        "datasets": {"motion": {"uri": "datasets/motion", "synthetic": {"classes": 2, "frames": 4}}},
+        "finetune": [{"name": "tuned", "dataset": "motion", "init_from": "scratch", **TINY_STAGE}],
+    }
+    path = tmp_path / "nowhere.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    ran = mega3d("run", str(path), "--run-id", "r1", cwd=tmp_path)
+    assert ran.returncode == 2 and ran.stdout == ""  # refused before anything ran
+    assert ran.stderr.splitlines() == [
+        f"error: {path}: storage gs://no-such-bucket/mega3d: no bucket 'no-such-bucket' (or these "
+        "credentials cannot see it)"
+    ]
     missing = f"{gcs_bucket}/nothing-here.bin"
     with pytest.raises(FileNotFoundError, match=f"^{re.escape(missing)}: no such object$"):
         storage.read_bytes(missing)
