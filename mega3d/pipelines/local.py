@@ -67,6 +67,8 @@ EXCEPTION_LINE = re.compile(
 ERROR_LINE = re.compile(r"^error: (?P<message>.+)$")
 NOT_CAUSES = ("ChildFailedError", "SignalException", "LaunchError")
 ERRNO = re.compile(r"^\[Errno \d+\] (?P<why>[^:]+): '(?P<path>.*)'$")
+# An OSError without a file name (a write to a full disk): the system's words alone.
+ERRNO_ALONE = re.compile(r"^\[Errno \d+\] (?P<why>[^:]+)$")
 
 
 def plain_cause(error: BaseException) -> str:
@@ -101,6 +103,9 @@ def cause_in_log(lines: list[str]) -> str | None:
         errno = ERRNO.match(message)
         if errno is not None:
             return f"{errno['path']}: {errno['why']}"
+        alone = ERRNO_ALONE.match(message)
+        if alone is not None:
+            return alone["why"]
         if not message:
             return exception["type"]
         own = text.startswith("mega3d.") or exception["type"] in ("ValueError", "DatasetError", "SpecError")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,29 @@ def test_a_storage_path_that_is_a_file_is_named_in_one_line(tmp_path: Path) -> N
     (line,) = result.stderr.splitlines()
     store = tmp_path / "store"
     assert line == f"error: {spec}: storage {store}: {store}/experiments/failing/runs/r1: Not a directory"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB file system: a dataset fits, a stage's checkpoint does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_named_in_the_last_line(tmp_path: Path, small_disk: Path) -> None:
+    synthetic = {"classes": 3, "videos_per_class": 4, "frames": 8, "size": 24, "seed": 1}
+    spec = spec_with(tmp_path, {"uri": "datasets/motion", "synthetic": synthetic}, "scratch")
+    spec.write_text(spec.read_text().replace(str(tmp_path / "store"), str(small_disk / "store")))
+    result = mega3d("run", str(spec), "--run-id", "r1", cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("error: run r1 failed: training of stage tuned: No space left on device")

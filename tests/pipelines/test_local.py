@@ -119,6 +119,9 @@ def test_the_cause_of_a_failed_training_job_is_its_last_error_not_torchruns_repo
     )
     weights = "mega3d.trainer.models.weights.WeightsError: /x/bad.pt: refused: not a checkpoint"
     assert cause_in_log([f"[0]:[rank0]: {weights}"]) == "/x/bad.pt: refused: not a checkpoint"
+    assert cause_in_log(["[0]:[rank0]: OSError: [Errno 28] No space left on device"]) == (
+        "No space left on device"
+    )
     assert cause_in_log(["KeyError: 'conv1.weight'"]) == "KeyError: 'conv1.weight'"
     assert cause_in_log(["all went well"]) is None
 
