@@ -97,9 +97,14 @@ class PodProcess:
 class Kubelet:
     """Runs the pods of created jobs on this machine, in `workdir`. The processes see this machine's
     environment (the image's, here: this interpreter's PATH first), the container's variables, and what
-    Volcano adds: the svc plugin's `VC_<TASK>_HOSTS` (here every host is this machine) and the env
-    plugin's task index. On a cluster every pod has an address of its own, so that every job's torchrun
-    may use port 29500; on one machine each job gets a free port in its place."""
+    Volcano adds: the svc plugin's `VC_<TASK>_HOSTS` (here every host is this machine), which TorchX's
+    kubernetes scheduler points the other nodes' torchrun at (torchx/schedulers/kubernetes_scheduler.py:
+    `rank0_env=f"VC_{role}_0_HOSTS"`; rank 0 itself gets TORCHX_RANK0_HOST=localhost), and the env
+    plugin's task index (`VK_TASK_INDEX` and `VC_TASK_INDEX`, the same value: volcano's env plugin user
+    guide). On a cluster every pod has an address of its own, so that every job's torchrun may use
+    TorchX's default rendezvous port 29500 (torchx/components/dist.py); on one machine each job gets a
+    free port in its place. A container's log lines carry the kubelet's RFC 3339 timestamps with
+    nanoseconds, as `timestamps=true` asks of the real one."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir

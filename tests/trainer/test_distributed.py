@@ -57,10 +57,14 @@ def test_without_gpus_given_a_stage_runs_on_cpu(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_trainer_exits_with_one_line_before_reading_anything(tmp_path: Path) -> None:
-    """On this machine torch sees no GPU: the stage stops before it reads the spec (which does not exist)."""
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: torch sees it, and the stage would go on")
-    node = {environment.GPUS_REQUIRED: "1", environment.NODE_NAME: "node-a", "LOCAL_WORLD_SIZE": "2"}
+    """Torch sees no GPU (none are visible to it, as on a node whose device plugin gave it none): the stage
+    stops before it reads the spec (which does not exist)."""
+    node = {
+        environment.GPUS_REQUIRED: "1",
+        environment.NODE_NAME: "node-a",
+        "LOCAL_WORLD_SIZE": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     env = {**os.environ, **node}
     absent = str(tmp_path / "absent")
     paths = ["--spec", absent, "--data-index", absent, "--out", absent]
