@@ -7,6 +7,7 @@ spec, the model and evaluation specs as they are, and this run's arguments.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -73,9 +74,18 @@ def main(argv: list[str] | None = None) -> None:
             f"video top-1 {metrics.video_top1:.3f}  top-5 {metrics.video_top5:.3f}  "
             f"({metrics.n_videos} videos, {metrics.n_clips} clips)"
         )
+        # No rank tears its process group down while another still communicates or rank 0 still writes.
+        dist.barrier()
     finally:
         trainer.close()
 
 
 if __name__ == "__main__":
     main()
+    # Everything is written and the process group is destroyed. Interpreter finalization would now tear
+    # down torch's C++ objects in no set order, and a gloo thread met there aborts the process now and
+    # then (SIGABRT, "terminate called without an active exception"): torchrun takes that as a failed
+    # worker and the stage runs again. Nothing is left to run, so leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
