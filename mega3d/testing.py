@@ -13,12 +13,61 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-KEEP_ALIVE_MAIN = (
-    "import sys; from gcp_storage_emulator import server; from gcp_storage_emulator.__main__ import main; "
-    "server.RequestHandler.protocol_version = 'HTTP/1.1'; sys.exit(main())"
-)
+
+def _serve_emulator(keep_alive: bool) -> None:
+    """The emulator's own main, behaving as GCS does where mega3d relies on it.
+
+    GCS honours `ifGenerationMatch` on uploads and deletes (https://cloud.google.com/storage/docs/
+    request-preconditions): `0` on an upload succeeds only where no live object has the name, else 412
+    Precondition Failed; a generation on a delete removes only that generation. gcp-storage-emulator
+    ignores both; here its upload and delete handlers check them first. (It serves one request at a time,
+    so a check and the write after it are not interleaved with another request.)"""
+    from http import HTTPStatus
+    from typing import Any
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.__main__ import main
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+
+    def generation(storage: Any, bucket: str, name: str) -> str | None:
+        try:
+            return str(storage.get_file_obj(bucket, name)["generation"])
+        except NotFound:
+            return None
+
+    def refused(response: Any, name: str) -> None:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        message = f"At least one of the pre-conditions you specified did not hold ({name})."
+        response.json({"error": {"code": 412, "message": message, "errors": [{"reason": "conditionNotMet"}]}})
+
+    def insert(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
+        wanted = request.query.get("ifGenerationMatch", [None])[0]
+        if wanted is not None and "upload_id" not in request.query:
+            uploaded = request.query.get("uploadType", [""])[0]
+            meta = request.data.get("meta") if uploaded == "multipart" else request.data
+            name = str(request.query.get("name", [None])[0] or (meta or {}).get("name"))
+            current = generation(storage, request.params["bucket_name"], name)
+            if current != (None if wanted == "0" else wanted):
+                return refused(response, name)
+        return upload(request, response, storage, *args, **kwargs)
+
+    def delete(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
+        wanted = request.query.get("ifGenerationMatch", [None])[0]
+        name = request.params["object_id"]
+        if wanted is not None and generation(storage, request.params["bucket_name"], name) != wanted:
+            return refused(response, name)
+        return remove(request, response, storage, *args, **kwargs)
+
+    upload, remove = objects.insert, objects.delete
+    objects.insert, objects.delete = insert, delete
+    for _, handlers in server.HANDLERS:
+        for method, handler in list(handlers.items()):
+            handlers[method] = {upload: insert, remove: delete}.get(handler, handler)
+    if keep_alive:
+        server.RequestHandler.protocol_version = "HTTP/1.1"
+    sys.exit(main())
 
 
 @contextmanager
@@ -32,12 +81,12 @@ def gcs_emulator(keep_alive: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    emulator = [str(Path(sys.executable).with_name("gcp-storage-emulator"))]
-    if keep_alive:
-        emulator = [sys.executable, "-c", KEEP_ALIVE_MAIN]
+    main = f"from mega3d.testing import _serve_emulator; _serve_emulator({keep_alive})"
     server = subprocess.Popen(
         [
-            *emulator,
+            sys.executable,
+            "-c",
+            main,
             "start",
             "--host=127.0.0.1",
             f"--port={port}",

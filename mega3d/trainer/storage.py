@@ -141,31 +141,80 @@ def remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
+@contextmanager
+def _written_aside(path: str, data: bytes) -> Iterator[str]:
+    """A local file of `data` beside `path`, on disk (fsynced), for the block to put into place; whatever
+    the block leaves of it is removed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(partial, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        yield partial
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = _fs(uri)
     if isinstance(fs, LocalFileSystem):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        partial = f"{path}.partial-{uuid.uuid4().hex[:8]}"
-        try:
-            with open(partial, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+        with _written_aside(path, data) as partial:
             os.replace(partial, path)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
     else:
         with _said_plainly(uri):
             fs.pipe_file(path, data)
+
+
+def create_new(uri: str, data: bytes) -> bool:
+    """Write `data` at `uri` only where nothing is there yet: False, writing nothing, where something is.
+    Of two writers at once exactly one gets True: locally the whole file is written aside and hard-linked
+    into place (a link never replaces a file, and readers never see half of it); on GCS the upload carries
+    a generation-match precondition of 0."""
+    fs, path = _fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        with _written_aside(path, data) as partial:
+            try:
+                os.link(partial, path)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links: an exclusive create, written in place
+                try:
+                    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(descriptor, "wb") as out:
+                    out.write(data)
+        return True
+    fs.invalidate_cache(path)
+    if fs.exists(path):  # also where a store ignores the precondition
+        return False
+    try:
+        with _said_plainly(uri):
+            fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    return True
 
 
 def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
 
 
+def copy(source: str, target: str) -> None:
+    """Copy a file, all or nothing (as `write_bytes`), between any two stores."""
+    write_bytes(target, read_bytes(source))
+
+
+def json_bytes(value: Any) -> bytes:
+    """How JSON files are written: indented, keys sorted."""
+    return json.dumps(value, indent=1, sort_keys=True).encode()
+
+
 def write_json(uri: str, value: Any) -> None:
-    write_bytes(uri, json.dumps(value, indent=1, sort_keys=True).encode())
+    write_bytes(uri, json_bytes(value))
 
 
 # ---- one writer at a time ------------------------------------------------------------------------------
@@ -227,8 +276,7 @@ def _why_stale(holder: LockHolder, now: float) -> str | None:
 
 
 class Lock:
-    """A create-only lock file: local files are created with O_CREAT | O_EXCL, objects with a
-    generation-match precondition of 0 (GCS), so that of two writers starting together exactly one wins.
+    """A create-only lock file (`create_new`), so that of two writers starting together exactly one wins.
     While held, a thread refreshes its heartbeat; `check()` says whether it is still this process's."""
 
     def __init__(self, uri: str) -> None:
@@ -246,7 +294,7 @@ class Lock:
         live one holds it."""
         for _ in range(50):  # each round is lost only to another writer that changed the lock meanwhile
             if self._create():
-                if self._read()[0] == self.holder:  # a store that ignored the precondition: last one wins
+                if self._read()[0] == self.holder:  # a store that ignores preconditions: last one wins
                     self._beat = threading.Thread(target=self._heartbeat, name="lock-heartbeat", daemon=True)
                     self._beat.start()
                     return
@@ -287,27 +335,7 @@ class Lock:
             self._remove_if(held, version)
 
     def _create(self) -> bool:
-        data = self.holder.encode()
-        if self._local:
-            os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
-            try:
-                descriptor = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            return True
-        self._fs.invalidate_cache(self._path)
-        if self._fs.exists(self._path):  # also where a store (an emulator) ignores the precondition
-            return False
-        try:
-            with _said_plainly(self.uri):
-                self._fs.pipe_file(self._path, data, mode="create")
-        except FileExistsError:
-            return False
-        return True
+        return create_new(self.uri, self.holder.encode())
 
     def _read(self) -> tuple[LockHolder | None, object]:
         """The holder and a version of the lock file (None for both when there is none). On object stores

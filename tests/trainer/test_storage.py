@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,43 @@ def test_relative_entries_resolve_against_their_directory() -> None:
     assert storage.resolve("gs://b/data", "shard-0.bin") == "gs://b/data/shard-0.bin"
     assert storage.resolve("gs://b/data", "gs://other/x.bin") == "gs://other/x.bin"
     assert storage.resolve("/data", "/abs/x.bin") == "/abs/x.bin"
+
+
+@pytest.mark.parametrize("root", ["local", "gcs"])
+def test_of_writers_creating_one_name_at_once_exactly_one_wins(
+    tmp_path: Path, root: str, request: pytest.FixtureRequest
+) -> None:
+    base = str(tmp_path) if root == "local" else request.getfixturevalue("gcs_bucket") + "/create-new"
+    uri = storage.join(base, "versions", "1.json")
+    start = threading.Barrier(8)
+    won: list[bytes] = []
+
+    def create(writer: int) -> None:
+        data = f"writer {writer}".encode()
+        start.wait()
+        if storage.create_new(uri, data):
+            won.append(data)
+
+    writers = [threading.Thread(target=create, args=(writer,)) for writer in range(8)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert len(won) == 1
+    assert storage.read_bytes(uri) == won[0]
+    assert not storage.create_new(uri, b"late")
+    assert storage.read_bytes(uri) == won[0]
+    assert storage.list_dir(storage.parent(uri)) == [uri]  # nothing written aside is left
+
+
+def test_the_gcs_emulator_refuses_an_upload_whose_precondition_fails(gcs_bucket: str) -> None:
+    # GCS answers 412 to `ifGenerationMatch=0` where the object exists (gcsfs: FileExistsError); the
+    # emulator is made to do the same, so that create-only writes are tested as GCS runs them.
+    import fsspec
+
+    fs = fsspec.filesystem("gs", token="anon")
+    path = f"{gcs_bucket.removeprefix('gs://')}/precondition/object"
+    fs.pipe_file(path, b"first", mode="create")
+    with pytest.raises(FileExistsError):
+        fs.pipe_file(path, b"second", mode="create")
+    assert fs.cat_file(path) == b"first"
