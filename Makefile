@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint system-packages clean
 
-# Debian packages the tests run for real: Prometheus and its Pushgateway (tests/observability).
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway
+# Debian packages run for real: Prometheus and its Pushgateway (tests/observability); ffmpeg, the
+# reference implementation's frame extraction (bench/ingest.py). Each installs a command of its name.
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway ffmpeg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 system-packages:
-	@command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null || { \
+	@(for command in $(SYSTEM_PACKAGES); do command -v $$command >/dev/null || exit 1; done) || { \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); }
 

@@ -33,7 +33,7 @@ from torch import nn
 from mega3d.trainer.checkpoint import CheckpointError, CheckpointHeader, load_checkpoint
 from mega3d.trainer.data.augment import center_box, crop_resize, normalize
 from mega3d.trainer.data.format import decode_jpeg, encode_jpeg
-from mega3d.trainer.data.ingest import scaled_to_short_side  # frames must look as they do in training
+from mega3d.trainer.data.ingest import frame_pixels  # frames must look as they do in training
 from mega3d.trainer.models import WeightsError, build_model, load_weights
 from mega3d.trainer.records import ClipShape, Prediction, ScoredLabel
 
@@ -76,9 +76,9 @@ def decode_video(path: str, short_side: int) -> DecodedVideo:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or DEFAULT_FPS)
             for frame in container.decode(stream):
-                image = scaled_to_short_side(frame.to_image(), short_side)
-                width, height = image.size
-                jpegs.append(encode_jpeg(np.asarray(image)))
+                pixels = frame_pixels(frame, short_side)
+                height, width = pixels.shape[:2]
+                jpegs.append(encode_jpeg(pixels))
     except PredictError:
         raise
     except (av.FFmpegError, OSError, ValueError) as error:  # what PyAV raises for bytes it cannot decode

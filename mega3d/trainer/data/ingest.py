@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mega3d.trainer import storage
 from mega3d.trainer.data.format import DEFAULT_SHARD_BYTES, SUBSETS, DatasetError, DatasetIndex, encode_jpeg
 from mega3d.trainer.data.writer import ShardWriter, SourcePlan, finish, start, writing
 from mega3d.trainer.lifetime import end_with_parent
@@ -62,10 +63,15 @@ class SourceVideo:
     row: str = field(default="", compare=False)  # where the annotations list it, for messages
 
 
+# Where a source's files are: a local folder, or a storage URI (gs://bucket/videos) of a folder whose video
+# files are read through the storage facade.
+Root = Path | str
+
+
 @dataclass(frozen=True)
 class Source:
     kind: str  # how videos are stored: "frames" (JPEG folders), "hdf5" or "video" (files)
-    root: Path
+    root: Root  # a URI for video files only: frame folders and HDF5 files are read from local folders
     labels: list[str]
     videos: list[SourceVideo]
     unlabelled: int = 0  # videos the annotations list without a label (the reference's testing split)
@@ -129,7 +135,7 @@ def read_reference(kind: str, root: Path, path: Path) -> Source:
     return Source(kind, root, labels, videos, unlabelled)
 
 
-def read_video_list(root: Path, path: Path) -> Source:
+def read_video_list(root: Root, path: Path) -> Source:
     """A CSV of `path,label[,split]`, a header line optional; `a|b` gives a video several labels."""
     text = _read_text(path, "video list")
     if text.lstrip().startswith("{"):
@@ -157,7 +163,7 @@ def _lines(path: Path) -> list[tuple[int, list[str]]]:
     return [(number, line.split()) for number, line in lines if line.strip()]
 
 
-def read_ucf101(root: Path, lists: Path, split: int) -> Source:
+def read_ucf101(root: Root, lists: Path, split: int) -> Source:
     """UCF-101's own split lists; labels in classInd.txt order."""
     labels = [fields[-1] for _, fields in _lines(lists / "classInd.txt")]
     videos = []
@@ -174,7 +180,7 @@ def read_ucf101(root: Path, lists: Path, split: int) -> Source:
     return Source("video", root, labels, videos)
 
 
-def read_hmdb51(root: Path, splits: Path, split: int) -> Source:
+def read_hmdb51(root: Root, splits: Path, split: int) -> Source:
     """HMDB-51's `<action>_test_split<N>.txt` files; videos at `<action>/<video>`; labels sorted by name."""
     files = sorted(splits.glob(f"*_test_split{split}.txt"))
     if not files:
@@ -350,11 +356,28 @@ class Frames:
     fps: float | None  # None: the source does not say
 
 
-def scaled_to_short_side(image: Image.Image, short_side: int) -> Image.Image:
-    scale = short_side / min(image.size)
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) scaled down to `short_side`; unchanged when the short side is that small already."""
+    scale = short_side / min(width, height)
     if scale >= 1:
-        return image
-    return image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+        return width, height
+    return round(width * scale), round(height * scale)
+
+
+def scaled_to_short_side(image: Image.Image, short_side: int) -> Image.Image:
+    size = scaled_size(image.width, image.height, short_side)
+    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR)
+
+
+def frame_pixels(frame: Any, short_side: int) -> np.ndarray:
+    """A decoded video frame (PyAV) as RGB pixels scaled down to `short_side`: converted and scaled in one
+    pass by FFmpeg's swscale, bilinear (a PIL image first, then PIL's resize, costs about twice as much).
+    Ingest and predict both use it: a model sees frames as they were stored for training."""
+    width, height = scaled_size(frame.width, frame.height, short_side)
+    pixels: np.ndarray = frame.to_ndarray(
+        width=width, height=height, format="rgb24", interpolation="BILINEAR"
+    )
+    return pixels
 
 
 def _stored_jpeg(data: bytes, short_side: int, where: str) -> tuple[bytes, tuple[int, int]]:
@@ -444,14 +467,20 @@ def load_hdf5_video(path: Path, video: SourceVideo, short_side: int) -> Frames:
         return _from_jpegs(frames, short_side, str(path))
 
 
-def load_video_file(path: Path, video: SourceVideo, short_side: int) -> Frames:
-    """A video file decoded by PyAV: every frame, or those shown within `video.seconds`."""
+def load_video_file(path: Path | str, video: SourceVideo, short_side: int) -> Frames:
+    """A video file decoded by PyAV: every frame, or those shown within `video.seconds`. A storage URI is
+    read whole, in one request: decoding reads all of it, and each request costs tens of milliseconds."""
     import av
 
-    _regular_file(path)
+    opened: str | io.BytesIO
+    if isinstance(path, str):
+        opened = io.BytesIO(storage.read_bytes(path))
+    else:
+        _regular_file(path)
+        opened = str(path)
     seconds = video.seconds
     try:
-        container = av.open(str(path))
+        container = av.open(opened, "r")
     except av.error.InvalidDataError:
         raise DatasetError(f"{path}: not a video file FFmpeg can read (its data is invalid)") from None
     except av.error.FFmpegError as error:
@@ -462,7 +491,7 @@ def load_video_file(path: Path, video: SourceVideo, short_side: int) -> Frames:
         stream = container.streams.video[0]
         fps = float(stream.average_rate or 30)
         images = [
-            scaled_to_short_side(frame.to_image(), short_side)
+            frame_pixels(frame, short_side)
             for frame in container.decode(stream)
             if seconds is None or (frame.time is not None and seconds[0] <= frame.time < seconds[1])
         ]
@@ -470,12 +499,12 @@ def load_video_file(path: Path, video: SourceVideo, short_side: int) -> Frames:
         raise DatasetError(
             f"no frames in {path}" + (f" within {seconds[0]}-{seconds[1]} s" if seconds else "")
         )
-    return Frames(
-        [encode_jpeg(np.asarray(image)) for image in images], images[0].height, images[0].width, fps
-    )
+    height, width = images[0].shape[:2]
+    return Frames([encode_jpeg(image) for image in images], height, width, fps)
 
 
-LOADERS: dict[str, Callable[[Path, SourceVideo, int], Frames]] = {
+# Each takes a Path; load_video_file a storage URI too (check_source lets URIs through for video files only).
+LOADERS: dict[str, Callable[[Any, SourceVideo, int], Frames]] = {
     "frames": load_frame_folder,
     "hdf5": load_hdf5_video,
     "video": load_video_file,
@@ -492,22 +521,29 @@ class Options:
     shard_bytes: int = DEFAULT_SHARD_BYTES
 
 
+def location(root: Root, relative: str) -> Path | str:
+    """A listed file's path, or its URI under a storage root."""
+    return storage.join(root, relative) if isinstance(root, str) else root / relative
+
+
 def _write(
     uri: str,
     source: Source,
     options: Options,
     items: list[tuple[int, SourceVideo]],
     report: Callable[[], None],
+    tag: str,
 ) -> None:
     """Decode and write some of a source's videos (one worker's share) into shards of their own."""
-    writer = ShardWriter(uri, len(source.labels), options.shard_bytes)
+    writer = ShardWriter(uri, len(source.labels), options.shard_bytes, tag)
     load = LOADERS[source.kind]
     label_number = {label: number for number, label in enumerate(source.labels)}
     for order, video in items:
+        path = location(source.root, video.path)
         try:
-            frames = load(source.root / video.path, video, options.short_side)
+            frames = load(path, video, options.short_side)
         except UNREADABLE as error:
-            writer.add_error(order, video.id, _reason(error, source.root / video.path))
+            writer.add_error(order, video.id, _reason(error, path))
         else:
             labels = [label_number[label] for label in video.labels]
             writer.add(
@@ -524,7 +560,7 @@ def _write(
     writer.flush()
 
 
-def _reason(error: Exception, path: Path) -> str:
+def _reason(error: Exception, path: Path | str) -> str:
     """Why a video could not be read, in words naming its file (ours say so already)."""
     if isinstance(error, DatasetError):
         return str(error)
@@ -558,6 +594,7 @@ def _worker(
     items: list[tuple[int, SourceVideo]],
     messages: Any,
     parent: int,
+    tag: str,
 ) -> None:
     _die_with(parent)
 
@@ -566,7 +603,7 @@ def _worker(
         messages.put(("video", ""))
 
     try:
-        _write(uri, source, options, items, report)
+        _write(uri, source, options, items, report, tag)
     except BaseException as error:
         messages.put(("failed", f"{type(error).__name__}: {error}"))
         raise
@@ -579,7 +616,7 @@ def plan_of(source: Source, options: Options) -> SourcePlan:
     videos = hashlib.sha256(json.dumps(listed).encode()).hexdigest()
     return SourcePlan(
         kind=source.kind,
-        root=str(source.root.resolve()),
+        root=str(source.root.resolve()) if isinstance(source.root, Path) else source.root,
         classes=source.labels,
         videos=videos,
         short_side=options.short_side,
@@ -593,7 +630,9 @@ def check_source(source: Source) -> None:
     a missing root, ids listed twice, empty labels, paths outside the root, files that are not files."""
     if not source.videos:
         raise DatasetError(f"{source.root}: no labelled videos listed")
-    if not source.root.is_dir():
+    if isinstance(source.root, str) and source.kind != "video":
+        raise DatasetError(f"{source.root}: frame folders and HDF5 files are read from a local folder only")
+    if not (storage.exists(source.root) if isinstance(source.root, str) else source.root.is_dir()):
         raise DatasetError(f"{source.root}: no such directory")
     seen: set[str] = set()
     for video in source.videos:
@@ -606,6 +645,8 @@ def check_source(source: Source) -> None:
         relative = PurePosixPath(video.path)
         if relative.is_absolute() or ".." in relative.parts or Path(video.path).is_absolute():
             raise DatasetError(f"{where}: {video.path!r} is not a path inside the root {source.root}")
+        if isinstance(source.root, str):  # objects are files; one request per video here would double them
+            continue
         try:
             mode = (source.root / video.path).stat().st_mode
         except OSError:  # missing: listed among the unreadable videos
@@ -651,15 +692,32 @@ def _ingest(
 
     if progress is not None:
         progress(finished, total)
+    write_videos(uri, source, options, todo, workers, advance)
+    still_locked()  # finish deletes shards no manifest claims: never another writer's
+    return finish(uri, source.labels, is_multi_label(source))
+
+
+def is_multi_label(source: Source) -> bool:
+    return any(len(video.labels) > 1 for video in source.videos)
+
+
+def write_videos(
+    uri: str,
+    source: Source,
+    options: Options,
+    todo: list[tuple[int, SourceVideo]],
+    workers: int,
+    advance: Callable[[], None],
+    tag: str = "",
+) -> None:
+    """Write the (order, video) pairs `todo` with up to `workers` processes; `advance` hears of each video.
+    Shard names begin with `shard-{tag}`. Call it with `start` done (the plan written)."""
     workers = max(1, min(workers, len(todo)))
     if workers == 1:
         if todo:
-            _write(uri, source, options, todo, advance)
+            _write(uri, source, options, todo, advance, tag)
     else:
-        _write_in_parallel(uri, source, options, [todo[w::workers] for w in range(workers)], advance)
-    multi_label = any(len(video.labels) > 1 for video in source.videos)
-    still_locked()  # finish deletes shards no manifest claims: never another writer's
-    return finish(uri, source.labels, multi_label)
+        _write_in_parallel(uri, source, options, [todo[w::workers] for w in range(workers)], advance, tag)
 
 
 def _write_in_parallel(
@@ -668,12 +726,13 @@ def _write_in_parallel(
     options: Options,
     shares: list[list[tuple[int, SourceVideo]]],
     advance: Callable[[], None],
+    tag: str,
 ) -> None:
     # spawn, not fork: the parent may hold threads (progress display, gcsfs's event loop).
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(uri, source, options, share, messages, os.getpid()))
+        context.Process(target=_worker, args=(uri, source, options, share, messages, os.getpid(), tag))
         for share in shares
     ]
     for process in processes:

@@ -130,11 +130,15 @@ def jpeg_frames(frames: np.ndarray) -> list[bytes]:
 class ShardWriter:
     """Appends videos to shards of one writer (one process); after each shard, its manifest."""
 
-    def __init__(self, dataset_uri: str, n_classes: int, shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    def __init__(
+        self, dataset_uri: str, n_classes: int, shard_bytes: int = DEFAULT_SHARD_BYTES, tag: str = ""
+    ) -> None:
+        """`tag` begins the names of this writer's shards and manifests (after `shard-`), so that a
+        writer's successor can find its work among everyone's."""
         self.dataset_uri = dataset_uri
         self.n_classes = n_classes
         self.shard_bytes = shard_bytes
-        self.prefix = f"shard-{uuid.uuid4().hex[:8]}"  # runs and workers never share a shard name
+        self.prefix = f"shard-{tag}{uuid.uuid4().hex[:8]}"  # runs and workers never share a shard name
         self.written = 0
         self._reset()
 
@@ -263,11 +267,28 @@ def start(dataset_uri: str, plan: IngestPlan, resume: bool = True) -> set[str]:
             manifests = []
     if not manifests:
         plan.write(plan_uri)
-    done: set[str] = set()
-    for manifest, columns in manifests:
-        done.update(video_id.decode() for video_id in columns["id"].tolist())
-        done.update(error.id for error in manifest.errors)
-    return done
+    return {video_id for manifest in manifests for video_id in _ids(manifest)}
+
+
+def unfinished_plan(dataset_uri: str) -> IngestPlan | None:
+    """The plan of the work in progress there, if any (read without the writer's lock)."""
+    plan_uri = storage.join(work_dir(dataset_uri), PLAN_FILE)
+    return _read_plan(plan_uri) if storage.exists(plan_uri) else None
+
+
+def manifest_uris(dataset_uri: str) -> list[str]:
+    """The manifests of the shards finished so far."""
+    return [uri for uri in storage.list_dir(work_dir(dataset_uri)) if uri.endswith(".npz")]
+
+
+def manifest_ids(manifest_uri: str) -> list[str]:
+    """The ids of the videos a manifest holds: those written, then those found unreadable."""
+    return _ids(_read_manifest(manifest_uri))
+
+
+def _ids(manifest: tuple[ShardManifest, dict[str, np.ndarray]]) -> list[str]:
+    header, columns = manifest
+    return [video_id.decode() for video_id in columns["id"].tolist()] + [error.id for error in header.errors]
 
 
 def discard(dataset_uri: str) -> None:
@@ -279,7 +300,7 @@ def discard(dataset_uri: str) -> None:
 
 
 def _manifests(dataset_uri: str) -> list[tuple[ShardManifest, dict[str, np.ndarray]]]:
-    return [_read_manifest(uri) for uri in storage.list_dir(work_dir(dataset_uri)) if uri.endswith(".npz")]
+    return [_read_manifest(uri) for uri in manifest_uris(dataset_uri)]
 
 
 def finish(dataset_uri: str, classes: list[str], multi_label: bool = False) -> DatasetIndex:
