@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import yaml
 
 PREFIX = "/apis/v2beta1"
 CREATED_AT = "2026-11-24T02:37:46Z"
@@ -271,3 +276,33 @@ def kfp_api(
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# What the backend does with a run it was given: execute its IR with the run's parameters. kfp.local
+# stands in for the backend's driver and launcher.
+RUN_AS_THE_BACKEND = """
+import json, sys
+from kfp import local
+from kfp.components import load_component_from_file
+local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[2], raise_on_error=True)
+load_component_from_file(sys.argv[1])(**json.loads(sys.argv[3]))
+"""
+
+
+def run_as_the_backend(
+    body: JsonObject, arguments: JsonObject, work: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run what a run or recurring run was created with (its `pipeline_spec`) with these parameters, as the
+    backend would, in `work`; what it printed comes back."""
+    document: JsonObject = body["pipeline_spec"]
+    package = work / "pipeline.yaml"
+    package.write_text(yaml.safe_dump_all([document["pipeline_spec"], document["platform_spec"]]))
+    command = [
+        sys.executable,
+        "-c",
+        RUN_AS_THE_BACKEND,
+        str(package),
+        str(work / "kfp"),
+        json.dumps(arguments),
+    ]
+    return subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=600)

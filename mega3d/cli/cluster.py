@@ -88,8 +88,9 @@ Experiment = Annotated[
 ]
 Limit = Annotated[int, typer.Option(min=1, help="At most this many, newest first.")]
 SKIP_HELP = (
-    "Train nothing for a branch whose pretraining data (by fingerprint) the model registry already has a "
-    "model of."
+    "Train only what is new: nothing for a branch whose data, model, recipe and targets the model registry "
+    "has a model of; stages an earlier run finished with the same key are reused, and one it was "
+    "interrupted in resumes from its checkpoint."
 )
 
 

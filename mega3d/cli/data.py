@@ -1,4 +1,5 @@
-"""`mega3d data`: make datasets (synth, ingest), combine them (merge, subset), look at them (stats)."""
+"""`mega3d data`: make datasets (synth, ingest), combine them (merge, subset), look at them (stats,
+verify), and keep them in the catalog as numbered versions (publish, versions)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mega3d.trainer.spec import SyntheticSpec
 
 if TYPE_CHECKING:
     from mega3d.trainer.data.format import DatasetIndex
+    from mega3d.trainer.data.replicas import Launch
 
 data_app = typer.Typer(help="Create, combine and inspect datasets.", no_args_is_help=True)
 
@@ -139,6 +141,89 @@ def save_dataset(uri: str, index: DatasetIndex) -> None:
         fail([f"{uri!r}: {error}"])
 
 
+Publish = Annotated[
+    str | None,
+    typer.Option(
+        "--publish",
+        metavar="NAME",
+        help="Also add the result to the catalog (under --storage) as the next version of NAME.",
+        show_default=False,
+    ),
+]
+CatalogRoot = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="The storage root that holds the catalog: the `storage` of the specs that use it.",
+        show_default=False,
+    ),
+]
+
+
+def catalog_root(name: str | None, root: str | None, flag: str = "--publish") -> str | None:
+    """The catalog root to publish `name` into, checked before anything is written; None without
+    --publish."""
+    from mega3d.trainer import storage
+    from mega3d.trainer.catalog import check_name
+
+    if name is None:
+        return None
+    if root is None:
+        fail([f"{flag} {name}: give --storage ROOT, the storage root whose catalog gets the version"])
+    try:
+        check_name(name, flag)
+        problem = storage.bucket_problem(root)
+    except DATA_ERRORS as error:  # a CatalogError is a ValueError
+        fail([str(error)])
+    if problem is not None:
+        fail([f"--storage {root}: {problem}"])
+    return storage.local_absolute(root)
+
+
+def publish_version(
+    root: str | None, name: str | None, uri: str, made_from: str, written: bool = True
+) -> None:
+    """Publish a dataset (after `catalog_root` said where), and say which version it is."""
+    from mega3d.trainer.catalog import publish
+
+    if root is None or name is None:
+        return
+    try:
+        version, new = publish(root, name, uri, made_from)
+    except DATA_ERRORS as error:  # a CatalogError is a ValueError
+        fail([f"{uri}: written, but not published: {error}" if written else str(error)])
+    if new:
+        out.print(f"published {version.reference} ({version.uri}) in the catalog at {root}", soft_wrap=True)
+    else:
+        out.print(
+            f"{version.reference} is this dataset already (the same URI and content): nothing published",
+            soft_wrap=True,
+        )
+
+
+def replica_launcher(output: str, replicas: int, on_cluster: bool, settings: Path | None) -> Launch | None:
+    """How the replicas of an ingest run: None for one replica on this machine (the plain ingest)."""
+    if replicas == 1 and not on_cluster:
+        return None
+    from mega3d.pipelines.ingest_jobs import cluster_launcher, local_launcher
+
+    if not on_cluster:
+        return local_launcher()
+    from mega3d.pipelines.settings import load_settings
+    from mega3d.pipelines.volcano import JobIdentity
+    from mega3d.trainer.spec import SpecError
+
+    try:
+        deployment = load_settings(settings)
+    except SpecError as error:
+        fail(error.lines())
+    if deployment.image is None:
+        fail(["--on-cluster: the pods need an image with mega3d: set `image:` in settings or $MEGA3D_IMAGE"])
+    # A coordinator started again follows the job the first one submitted for this dataset.
+    identity = JobIdentity("ingest", output, "", output.rstrip("/").rsplit("/", 1)[-1], "ingest")
+    return cluster_launcher(deployment, identity)
+
+
 class SourceFormat(StrEnum):
     REFERENCE_JPG = "reference-jpg"
     REFERENCE_HDF5 = "reference-hdf5"
@@ -150,9 +235,19 @@ class SourceFormat(StrEnum):
     ACTIVITYNET = "activitynet"
 
 
+REMOTE_FORMATS = (SourceFormat.CSV, SourceFormat.UCF101, SourceFormat.HMDB51)  # lists of video files
+
+
 @data_app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="Root of the source dataset.", show_default=False)],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Root of the source dataset: a folder, or for lists of video files (csv, ucf101, hmdb51) "
+            "an object-storage URI such as gs://bucket/videos.",
+            show_default=False,
+        ),
+    ],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the dataset (path or URI).")],
     annotations: Annotated[
         list[Path],
@@ -181,10 +276,38 @@ def ingest(
         int, typer.Option(min=1, help="Processes decoding videos; default: one per CPU core.")
     ] = os.cpu_count() or 1,
     shard_mb: Annotated[float, typer.Option(min=0.01, help="Shard size in MB.")] = 256,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Split the videos over this many replicas of --workers processes each: TorchX processes "
+            "of this machine, or pods with --on-cluster. The dataset is the same, whatever the number.",
+        ),
+    ] = 1,
+    on_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--on-cluster",
+            help="Run the replicas as a Volcano job of the deployment settings' cluster (namespace, queue, "
+            "image), reading the source and writing the dataset in object storage.",
+        ),
+    ] = False,
+    settings: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --on-cluster: deployment settings (YAML); default: $MEGA3D_SETTINGS, else "
+            "~/.config/mega3d/settings.yaml.",
+            show_default=False,
+        ),
+    ] = None,
+    publish: Publish = None,
+    storage_root: CatalogRoot = None,
 ) -> None:
     """Convert an existing dataset into mega3d's format; unreadable videos are listed, not dropped.
 
-    Re-running the same command after an interruption resumes it: finished shards are kept."""
+    Re-running the same command after an interruption resumes it: finished shards are kept.
+
+    Any number of --replicas writes the same dataset, also when a resumed run has another number."""
     from mega3d.trainer.data.format import DatasetError
     from mega3d.trainer.data.ingest import (
         Options,
@@ -200,20 +323,33 @@ def ingest(
     from mega3d.trainer.data.ingest import (
         ingest as ingest_source,
     )
+    from mega3d.trainer.data.replicas import ingest_with_replicas
 
+    root = catalog_root(publish, storage_root)
     several = source_format in (SourceFormat.KINETICS, SourceFormat.HVU)
     if len(annotations) > 1 and not several:
         fail([f"--annotations: {source_format.value} takes one, got {len(annotations)}"])
+    remote = "://" in source
+    if remote and source_format not in REMOTE_FORMATS:
+        listed = ", ".join(f.value for f in REMOTE_FORMATS)
+        where = f"SOURCE {source}: a {source_format.value} source is read from a local folder"
+        fail([f"{where} ({listed} can be read from object storage)"])
+    if on_cluster and not (remote and "://" in output):
+        needed = "give SOURCE and --output as URIs (gs://...)"
+        fail([f"--on-cluster: the pods read the source and write the dataset in object storage: {needed}"])
+    launch = replica_launcher(output, replicas, on_cluster, settings)
+    local = Path(source)
+    top: Path | str = source if remote else local
     first = annotations[0]
     readers: dict[SourceFormat, Callable[[], Source]] = {
-        SourceFormat.REFERENCE_JPG: lambda: read_reference("frames", source, first),
-        SourceFormat.REFERENCE_HDF5: lambda: read_reference("hdf5", source, first),
-        SourceFormat.CSV: lambda: read_video_list(source, first),
-        SourceFormat.UCF101: lambda: read_ucf101(source, first, split),
-        SourceFormat.HMDB51: lambda: read_hmdb51(source, first, split),
-        SourceFormat.KINETICS: lambda: read_youtube_clips(source, annotations, multi_label=False),
-        SourceFormat.HVU: lambda: read_youtube_clips(source, annotations, multi_label=True),
-        SourceFormat.ACTIVITYNET: lambda: read_activitynet(source, first),
+        SourceFormat.REFERENCE_JPG: lambda: read_reference("frames", local, first),
+        SourceFormat.REFERENCE_HDF5: lambda: read_reference("hdf5", local, first),
+        SourceFormat.CSV: lambda: read_video_list(top, first),
+        SourceFormat.UCF101: lambda: read_ucf101(top, first, split),
+        SourceFormat.HMDB51: lambda: read_hmdb51(top, first, split),
+        SourceFormat.KINETICS: lambda: read_youtube_clips(local, annotations, multi_label=False),
+        SourceFormat.HVU: lambda: read_youtube_clips(local, annotations, multi_label=True),
+        SourceFormat.ACTIVITYNET: lambda: read_activitynet(local, first),
     }
     options = Options(short_side=short_side, fps=fps, shard_bytes=round(shard_mb * (1 << 20)))
     try:
@@ -223,7 +359,12 @@ def ingest(
     end_cleanly_on_sigterm()
     try:
         with progress_of("ingesting") as progress:
-            index = ingest_source(output, videos, options, workers, progress, warn)
+            if launch is None:
+                index = ingest_source(output, videos, options, workers, progress, warn)
+            else:
+                index = ingest_with_replicas(
+                    output, videos, options, replicas, launch, workers, progress, warn
+                )
     except DATA_ERRORS as error:
         fail([message(error, output)])
     except MemoryError:
@@ -239,6 +380,7 @@ def ingest(
     if index.errors:
         shown = "; ".join(f"{e.id}: {e.error}" for e in index.errors[:3])
         out.print(f"{len(index.errors)} unreadable (listed in the index's errors): {shown}", soft_wrap=True)
+    publish_version(root, publish, output, f"ingest of {source} ({source_format.value})")
 
 
 @data_app.command()
@@ -254,12 +396,15 @@ def merge(
         Path | None,
         typer.Option(help="YAML map of classes to fuse after merging: `new name: [<dataset>/<class>, ...]`."),
     ] = None,
+    publish: Publish = None,
+    storage_root: CatalogRoot = None,
 ) -> None:
     """Concatenate label spaces into a new index over the existing shards (no video is copied)."""
     from mega3d.trainer.data.format import DatasetError, MergedSource, UnifiedClasses
     from mega3d.trainer.data.format import merge as merge_indexes
     from mega3d.trainer.data.ops import read_unify_map, unify_classes
 
+    root = catalog_root(publish, storage_root)
     names = name or [uri.rstrip("/").rsplit("/", 1)[-1] for uri in datasets]
     if len(names) != len(datasets):
         fail([f"--name given {len(names)} times for {len(datasets)} datasets"])
@@ -280,6 +425,7 @@ def merge(
         + f"), {len(merged)} videos, fingerprint {merged.fingerprint}",
         soft_wrap=True,
     )
+    publish_version(root, publish, output, "merge of " + " + ".join(datasets))
 
 
 @data_app.command()
@@ -289,10 +435,13 @@ def subset(
     categories: Annotated[float, typer.Option(help="Fraction of the categories to keep.")] = 1.0,
     instances: Annotated[float, typer.Option(help="Fraction of each kept category's training videos.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same subset.")] = 0,
+    publish: Publish = None,
+    storage_root: CatalogRoot = None,
 ) -> None:
     """The paper's data-amount study: keep a fraction of categories, then of instances per category."""
     from mega3d.trainer.data.ops import subset as take_subset
 
+    root = catalog_root(publish, storage_root)
     try:
         part = take_subset(load_dataset(uri), categories, instances, seed, uri)
     except DATA_ERRORS as error:
@@ -303,6 +452,54 @@ def subset(
         f"(of {uri})",
         soft_wrap=True,
     )
+    made_from = f"subset of {uri}: categories {categories:g}, instances {instances:g}, seed {seed}"
+    publish_version(root, publish, output, made_from)
+
+
+@data_app.command("publish")
+def publish_command(
+    name: Annotated[str, typer.Argument(help="The catalog name, e.g. kinetics-mit.", show_default=False)],
+    uri: Annotated[str, typer.Argument(help="The dataset to publish (path or URI).", show_default=False)],
+    storage_root: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            help="The storage root that holds the catalog: the `storage` of the specs that use it.",
+            show_default=False,
+        ),
+    ],
+    made_from: Annotated[str, typer.Option(help="What the dataset was made from, in words.")] = "",
+) -> None:
+    """Add a dataset to the catalog as the next version of NAME; specs name it `catalog: NAME` (newest
+    version) or `catalog: NAME@N`. Published versions are never changed."""
+    publish_version(catalog_root(name, storage_root, "NAME"), name, uri, made_from, written=False)
+
+
+@data_app.command("versions")
+def versions_command(
+    name: Annotated[str, typer.Argument(help="The catalog name.", show_default=False)],
+    storage_root: Annotated[
+        str, typer.Option("--storage", help="The storage root that holds the catalog.", show_default=False)
+    ],
+) -> None:
+    """Every version of a catalog dataset, oldest first: when, what, and what it was made from."""
+    from mega3d.trainer import storage
+    from mega3d.trainer.catalog import resolve, versions
+
+    root = storage.local_absolute(storage_root)
+    try:
+        resolve(root, name.partition("@")[0], "NAME")  # an unknown name: one line, with a suggestion
+        found = versions(root, name.partition("@")[0])
+    except DATA_ERRORS as error:  # a CatalogError is a ValueError
+        fail([str(error)])
+    out.print(f"{name} in the catalog at {root}: {len(found)} versions, oldest first", soft_wrap=True)
+    for version in found:  # one line each, whole URIs: for reading, and for grep
+        out.print(
+            f"  {version.reference}  {version.published}  {version.videos:,} videos  {version.classes} "
+            f"classes  fingerprint {version.fingerprint[:12]}  {version.uri}"
+            + (f"  ({version.made_from})" if version.made_from else ""),
+            soft_wrap=True,
+        )
 
 
 @data_app.command()

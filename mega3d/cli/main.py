@@ -122,6 +122,46 @@ def missing_inputs(spec: ExperimentSpec, source: str) -> list[str]:
     return problems
 
 
+def resolved(experiment: ExperimentSpec, source: Path) -> ExperimentSpec:
+    """The spec with its catalog datasets pinned to versions (the newest, where it names none)."""
+    from mega3d.trainer.catalog import CatalogError, resolve_spec
+
+    try:
+        return resolve_spec(experiment)[0]
+    except CatalogError as error:
+        fail([f"{source}: {error}"])
+
+
+def resumed_spec(experiment: ExperimentSpec, source: Path, run_id: str, run_dir: str) -> ExperimentSpec:
+    """The spec run `run_id` started with, where `experiment` is that spec (its catalog names may be
+    unpinned); one line naming the fields that differ otherwise."""
+    from mega3d.trainer import layout, storage
+    from mega3d.trainer.spec import spec_from_json
+
+    kept_uri = storage.join(run_dir, layout.SPEC_FILE)
+    if not storage.exists(kept_uri):
+        fail([f"--resume {run_id}: no run {run_id!r} at {run_dir}"])
+    kept = spec_from_json(storage.read_bytes(kept_uri).decode(), kept_uri)
+
+    def unpinned(spec: ExperimentSpec) -> dict[str, object]:
+        data = spec.model_dump(mode="json")
+        for name, dataset in spec.datasets.items():
+            if dataset.catalog is not None:
+                data["datasets"][name] = {"catalog": dataset.catalog.partition("@")[0]}
+        return data
+
+    mine, theirs = unpinned(experiment), unpinned(kept)
+    differ = sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
+    if differ:
+        fail(
+            [
+                f"{source}: not the spec run {run_id} started with ({', '.join(differ)} differ); resume it "
+                f"with that spec ({kept_uri}), or start a new run"
+            ]
+        )
+    return kept
+
+
 @app.command()
 def run(
     spec: SpecPath,
@@ -137,8 +177,9 @@ def run(
     skip_if_trained: Annotated[
         bool,
         typer.Option(
-            help="Train nothing for a branch whose pretraining data (by fingerprint) the model registry "
-            "already has a model of, as scheduled runs do."
+            help="Train only what is new, as scheduled runs do: nothing for a branch whose data, model, "
+            "recipe and targets the model registry has a model of; a stage an earlier run finished with the "
+            "same data, model and recipe is reused, one it was interrupted in resumes from its checkpoint."
         ),
     ] = False,
     metrics: Annotated[
@@ -153,17 +194,32 @@ def run(
     pushgateway: Annotated[
         str | None, typer.Option(help="Pushgateway URL that receives each stage's final metrics.")
     ] = None,
+    resume: Annotated[
+        str,
+        typer.Option(
+            "--resume",
+            metavar="RUN_ID",
+            help="Continue run RUN_ID after an interruption, with the spec and catalog versions it started "
+            "with: finished stages are kept, the interrupted one resumes from its last epoch checkpoint.",
+        ),
+    ] = "",
 ) -> None:
     """Run the whole pipeline on this machine: kfp.local steps, TorchX local_cwd DDP jobs (no cluster).
     Shows each step, its progress and its result; the whole log goes to run.log in the run directory.
-    Ctrl-C or SIGTERM stops every process of the run (exit code 130 or 143)."""
+    Catalog datasets resolve to their versions when the run starts (the run directory keeps the spec as
+    resolved). Ctrl-C or SIGTERM stops every process of the run (exit code 130 or 143); `--resume RUN_ID`
+    continues it."""
     experiment = read_spec(spec)
     from mega3d.pipelines.local import plain_cause, supervise
     from mega3d.pipelines.settings import Deployment
     from mega3d.trainer import layout, storage
 
+    if resume and run_id:
+        fail([f"--resume {resume} and --run-id {run_id}: give one (a resumed run keeps its id)"])
+    run_id = run_id or resume
     if run_id and not RUN_ID.match(run_id):
-        fail([f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64; no leading '.')"])
+        flag = "--resume" if resume else "--run-id"
+        fail([f"{flag} {run_id!r}: use letters, digits, '.', '_' and '-' (at most 64; no leading '.')"])
     experiment = experiment.with_storage(storage.local_absolute(experiment.storage))
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     run_dir = layout.run_dir(experiment, run_id)
@@ -171,8 +227,17 @@ def run(
         no_bucket = storage.bucket_problem(experiment.storage)
         if no_bucket is not None:
             fail([f"{spec}: storage {experiment.storage}: {no_bucket}"])
-        if storage.exists(run_dir):
-            fail([f"{run_dir}: run {run_id!r} already exists; choose another --run-id"])
+        if resume:
+            experiment = resumed_spec(experiment, spec, run_id, run_dir)
+        elif storage.exists(run_dir):
+            fail(
+                [
+                    f"{run_dir}: run {run_id!r} already exists; choose another --run-id, or continue it "
+                    f"with --resume {run_id}"
+                ]
+            )
+        else:
+            experiment = resolved(experiment, spec)
         missing = missing_inputs(experiment, str(spec))
     except DATA_ERRORS as error:
         fail([f"{spec}: storage {experiment.storage}: {error}"])
@@ -198,7 +263,7 @@ def run(
         name = signal.Signals(outcome.signal).name
         err.print(
             f"stopped: {name} ended run {run_id} and its {outcome.stopped} processes; its files stay in "
-            f"{run_dir} (log: {outcome.log}); `mega3d run {spec} --run-id OTHER` starts afresh",
+            f"{run_dir} (log: {outcome.log}); `mega3d run {spec} --resume {run_id}` continues it",
             soft_wrap=True,
             markup=False,
         )

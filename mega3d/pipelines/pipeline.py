@@ -1,13 +1,16 @@
 """Assemble the KFP v2 pipeline of an experiment spec, and compile it to IR YAML.
 
-    prepare run (spec, datasets)
+    prepare run (catalog versions resolved, spec kept, datasets made)
     for each sweep branch (a ParallelFor; one branch without a sweep):
-        prepare data (merge, subset, fingerprint)
-        if the data is new (or skip_if_trained is off):
+        prepare data (merge, subset, fingerprint, stage and run keys)
+        if the run key is new (or skip_if_trained is off):
             pretrain
             for each fine-tune target (a ParallelFor): prepare target -> finetune -> evaluate
             register (model registry; champion if it beats the current one)
-        else: skip (says which run trained on this data)
+        else: skip (says which run trained with this run key)
+
+A training step first looks for its stage's key: a stage this run finished before it was resumed is kept;
+with skip_if_trained, one an earlier run finished is reused and one it was interrupted in resumes.
 
 Without a pretrain stage, fine-tuning starts from checkpoints named by URI.
 
@@ -122,7 +125,6 @@ def build_pipeline(spec: ExperimentSpec, deployment: Deployment | None = None) -
         def train_branch(branch: Any) -> None:
             prepared = step(
                 prepare_branch(
-                    spec_json=spec_json,
                     branch=branch,
                     skip_if_trained=skip_if_trained,
                     run=run.outputs["run"],

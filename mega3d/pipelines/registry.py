@@ -1,9 +1,11 @@
-"""The model registry: which pretraining data each branch of an experiment has been trained on, and its
-champion.
+"""The model registry: what each branch of an experiment has trained (by run key), its champion, and the
+stages runs have trained (by stage key).
 
-    <storage>/registry/<experiment>/<branch or main>/models/<fingerprint>.json   one record per trained model
-                                                    champion.json                the current champion
-                                                    history.json                 every decision, oldest first
+    <storage>/registry/<experiment>/<branch or main>/models/<run key>.json   one record per trained model
+                                                    champion.json            the current champion
+                                                    history.json             every decision, oldest first
+                                                    stages/<stage key>.json  where a stage trained, and
+                                                                             whether it finished
 
 A record holds the run, the checkpoints, and per fine-tune target its evaluation set (the target index's
 fingerprint and split) and metrics. A challenger becomes champion only if it beats the champion on the same
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pydantic import TypeAdapter, ValidationError
 
 from mega3d.trainer import layout, storage
-from mega3d.trainer.records import ModelRecord, RecordError, RegistryDecision
+from mega3d.trainer.records import ModelRecord, RecordError, RegistryDecision, StageRecord
 from mega3d.trainer.spec import ExperimentSpec
 
 CHAMPION_FILE = "champion.json"
@@ -29,14 +31,24 @@ HISTORY_FILE = "history.json"
 _HISTORY = TypeAdapter(list[RegistryDecision])
 
 
-def record_uri(spec: ExperimentSpec, branch: str, fingerprint: str) -> str:
-    return storage.join(layout.registry_dir(spec, branch), "models", f"{fingerprint}.json")
+def record_uri(spec: ExperimentSpec, branch: str, run_key: str) -> str:
+    return storage.join(layout.registry_dir(spec, branch), "models", f"{run_key}.json")
 
 
-def trained_on(spec: ExperimentSpec, branch: str, fingerprint: str) -> ModelRecord | None:
-    """The record of a model of this branch trained on data with this fingerprint, if there is one."""
-    uri = record_uri(spec, branch, fingerprint)
+def trained_with(spec: ExperimentSpec, branch: str, run_key: str) -> ModelRecord | None:
+    """The record of the model this branch trained with this run key, if there is one."""
+    uri = record_uri(spec, branch, run_key)
     return ModelRecord.read(uri) if storage.exists(uri) else None
+
+
+def stage_uri(spec: ExperimentSpec, branch: str, key: str) -> str:
+    return storage.join(layout.registry_dir(spec, branch), "stages", f"{key}.json")
+
+
+def stage_with(spec: ExperimentSpec, branch: str, key: str) -> StageRecord | None:
+    """Where a stage with this key trained (or trains), if any run has started one."""
+    uri = stage_uri(spec, branch, key)
+    return StageRecord.read(uri) if storage.exists(uri) else None
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,9 @@ def register(spec: ExperimentSpec, branch: str, challenger: ModelRecord, when: s
             "a diverged model is not registered"
         )
     root = layout.registry_dir(spec, branch)
-    challenger.write(record_uri(spec, branch, challenger.fingerprint))
+    # The first model trained with a run key keeps its record: a later one trained alike is in the history
+    # (and in champion.json, if it wins).
+    storage.create_new(record_uri(spec, branch, challenger.key), storage.json_bytes(challenger.to_json()))
     champion_uri = storage.join(root, CHAMPION_FILE)
     champion = ModelRecord.read(champion_uri) if storage.exists(champion_uri) else None
     decision = decide(challenger, champion)

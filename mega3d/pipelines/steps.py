@@ -5,8 +5,9 @@ body only imports and delegates to `mega3d.pipelines.tasks`. (No `from __future_
 KFP reads the artifact annotations at definition time.) `mega3d.pipelines.pipeline` wraps these functions into
 components with the spec's image.
 
-Only the first two steps read the spec: `prepare_branch` expands the branch once and keeps the spec as the
-branch trains it in the branch's directory, which the steps after it read (the `data` artifact says where).
+Only the first step reads the spec parameter: `prepare_run` resolves its catalog datasets and keeps it in the
+run directory; `prepare_branch` expands the branch from that once and keeps the spec as the branch trains it
+in the branch's directory, which the steps after it read (the `data` artifact says where).
 Inside the fine-tune loop, steps learn their branch from artifacts, never from an outer loop's item or an
 upstream step's output parameter: kfp.local (2.17) hands such parameters the inner loop's item instead.
 """
@@ -15,19 +16,18 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markd
 
 
 def prepare_run(spec_json: str, run_id: str, job_id: str, run: Output[Artifact]) -> None:
-    """Keep the spec with the run; make sure every dataset exists (synthetic ones are made here)."""
+    """Resolve catalog datasets to versions and keep the spec so resolved with the run; make sure every
+    dataset exists (synthetic ones are made here)."""
     from mega3d.pipelines import tasks
 
     tasks.prepare_run(spec_json, run_id or job_id, run)
 
 
-def prepare_branch(
-    spec_json: str, branch: str, skip_if_trained: bool, run: Input[Artifact], data: Output[Dataset]
-) -> str:
-    """Merge (and subset) the branch's pretraining datasets and fingerprint them; "skip" or "train"."""
+def prepare_branch(branch: str, skip_if_trained: bool, run: Input[Artifact], data: Output[Dataset]) -> str:
+    """Merge (and subset) the branch's pretraining datasets, key its stages; "skip" or what it trains."""
     from mega3d.pipelines import tasks
 
-    return tasks.prepare_branch(spec_json, branch, skip_if_trained, run, data)
+    return tasks.prepare_branch(branch, skip_if_trained, run, data)
 
 
 def pretrain(

@@ -8,7 +8,6 @@ the lineage and where each file is.
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from mega3d.components.train import trainer
-from mega3d.pipelines import registry, reports
+from mega3d.pipelines import keys, registry, reports
 from mega3d.pipelines.actions import FINETUNE_ONLY, PRETRAIN_THEN_FINETUNE, SKIP
 from mega3d.pipelines.launcher import (
     KUBERNETES_SCHEDULER,
@@ -33,15 +32,18 @@ from mega3d.pipelines.local import CAUSES_DIR, plain_cause
 from mega3d.pipelines.settings import Deployment
 from mega3d.pipelines.volcano import JobIdentity
 from mega3d.trainer import layout, storage
+from mega3d.trainer.catalog import resolve_spec
 from mega3d.trainer.data.format import DatasetError, DatasetIndex, index_uri, load_index, merge, save_index
 from mega3d.trainer.data.ops import subset
 from mega3d.trainer.records import (
     BranchPointer,
+    LatestEpoch,
     ModelPointer,
     ModelRecord,
     Record,
     RunPointer,
     StageMetrics,
+    StageRecord,
     TargetResult,
 )
 from mega3d.trainer.spec import PRETRAIN, ExperimentSpec, FinetuneSpec, is_checkpoint_uri, spec_from_json
@@ -112,11 +114,22 @@ def ensure_dataset(spec: ExperimentSpec, name: str) -> str:
 
 @reports_cause("preparing the run")
 def prepare_run(spec_json: str, run_id: str, run: ArtifactLike) -> None:
-    """Keep the spec in the run directory, and make sure every dataset the run uses exists: synthetic ones
-    are made here, once, before branches and targets run side by side."""
-    spec = spec_from_json(spec_json)
-    run_dir = layout.run_dir(spec, run_id)
-    storage.write_bytes(storage.join(run_dir, layout.SPEC_FILE), spec_json.encode())
+    """Resolve the spec's catalog datasets to versions (the newest, where the spec pins none) and keep the
+    spec as resolved in the run directory, for every later step; make sure every dataset the run uses
+    exists: synthetic ones are made here, once, before branches and targets run side by side."""
+    submitted = spec_from_json(spec_json)
+    run_dir = layout.run_dir(submitted, run_id)
+    kept = storage.join(run_dir, layout.SPEC_FILE)
+    resumed = storage.exists(kept)  # a resumed run trains what it started with: the versions it resolved
+    spec, resolved = resolve_spec(kept_spec(run_dir) if resumed else submitted)
+    for name, version in resolved.items():
+        print(
+            f"datasets.{name}: catalog {version.reference}, published {version.published} "
+            f"({version.videos} videos, fingerprint {version.fingerprint})",
+            flush=True,
+        )
+    if not resumed:
+        storage.write_bytes(kept, spec.model_dump_json(exclude_none=True).encode())
     used = {name for branch in spec.branches() for name in branch.pretrain_datasets}
     used |= {stage.dataset for stage in spec.finetune}
     for name in sorted(used):
@@ -124,13 +137,23 @@ def prepare_run(spec_json: str, run_id: str, run: ArtifactLike) -> None:
     branches = [branch.name for branch in spec.branches()]
     if branches != [""]:
         print(f"sweep: {len(branches)} branches: {', '.join(branches)}", flush=True)
-    _write_pointer(run, RunPointer(run_dir=run_dir, run_id=run_id, datasets=sorted(used)))
+    catalog = {name: version.reference for name, version in resolved.items()}
+    _write_pointer(run, RunPointer(run_dir=run_dir, run_id=run_id, datasets=sorted(used), catalog=catalog))
+
+
+def kept_spec(directory: str) -> ExperimentSpec:
+    """The spec kept in a run's directory (as the run resolved it) or a branch's (as the branch trains it)."""
+    uri = storage.join(directory, layout.SPEC_FILE)
+    return spec_from_json(storage.read_bytes(uri).decode(), uri)
+
+
+def _fingerprint(spec: ExperimentSpec, dataset: str) -> str:
+    return load_index(index_uri(spec.dataset_uri(dataset))).fingerprint
 
 
 def branch_spec(branch: BranchPointer) -> ExperimentSpec:
     """The spec as the branch trains it, as its `prepare data` step expanded it."""
-    uri = storage.join(branch.branch_dir, layout.SPEC_FILE)
-    return spec_from_json(storage.read_bytes(uri).decode(), uri)
+    return kept_spec(branch.branch_dir)
 
 
 def _described(
@@ -156,43 +179,52 @@ def _described(
 
 
 @reports_cause("preparing the data")
-def prepare_branch(
-    spec_json: str, name: str, skip_if_trained: bool, run: ArtifactLike, data: ArtifactLike
-) -> str:
-    """The branch's spec, expanded from the sweep once and kept in its directory for the steps after this
-    one; its pretraining data: the merge of its datasets (and its subset), as an index that points at the
-    datasets' shards (no video is copied). Returns SKIP when `skip_if_trained` and the registry holds a
-    model of this branch trained on data with the same fingerprint, else what the branch trains:
-    PRETRAIN_THEN_FINETUNE, or FINETUNE_ONLY for a branch without pretraining."""
-    experiment = spec_from_json(spec_json)
+def prepare_branch(name: str, skip_if_trained: bool, run: ArtifactLike, data: ArtifactLike) -> str:
+    """The branch's spec, expanded from the run's spec once and kept in its directory for the steps after
+    this one; its pretraining data: the merge of its datasets (and its subset), as an index that points at
+    the datasets' shards (no video is copied); the keys of its stages and its run key (mega3d.pipelines.
+    keys). Returns SKIP when `skip_if_trained` and the registry holds a model of this branch with the same
+    run key, else what the branch trains: PRETRAIN_THEN_FINETUNE, or FINETUNE_ONLY for a branch without
+    pretraining."""
+    where = _read_pointer(RunPointer, run)
+    experiment = kept_spec(where.run_dir)
     branch = next(branch for branch in experiment.branches() if branch.name == name)
     spec = experiment.for_branch(branch)
-    where = _read_pointer(RunPointer, run)
     branch_dir = layout.branch_dir(where.run_dir, branch.name)
     storage.write_bytes(
         storage.join(branch_dir, layout.SPEC_FILE), spec.model_dump_json(exclude_none=True).encode()
     )
     pointer = BranchPointer(
-        run_dir=where.run_dir, run_id=where.run_id, branch=branch.name, branch_dir=branch_dir
+        run_dir=where.run_dir,
+        run_id=where.run_id,
+        branch=branch.name,
+        branch_dir=branch_dir,
+        reuse_stages=skip_if_trained,
     )
-    if spec.pretrain is None:
-        _write_pointer(data, pointer)
-        return FINETUNE_ONLY
-    names = list(branch.pretrain_datasets)
-    index = merge([(name, load_index(index_uri(spec.dataset_uri(name)))) for name in names])
-    if branch.subset:
-        index = subset(index, branch.category_fraction, branch.instance_fraction, spec.pretrain.seed)
-    uri = index_uri(layout.merged_dataset(branch_dir, PRETRAIN))
-    save_index(uri, index)
-    pointer = _described(
-        pointer.model_copy(update={"index": uri}), PRETRAIN, names, index, spec.evaluation.split
-    )
-    previous = registry.trained_on(spec, branch.name, index.fingerprint)
+    action = FINETUNE_ONLY
+    if spec.pretrain is not None:
+        names = list(branch.pretrain_datasets)
+        index = merge([(name, load_index(index_uri(spec.dataset_uri(name)))) for name in names])
+        if branch.subset:
+            index = subset(index, branch.category_fraction, branch.instance_fraction, spec.pretrain.seed)
+        uri = index_uri(layout.merged_dataset(branch_dir, PRETRAIN))
+        save_index(uri, index)
+        pointer = _described(
+            pointer.model_copy(update={"index": uri}), PRETRAIN, names, index, spec.evaluation.split
+        )
+        action = PRETRAIN_THEN_FINETUNE
+    targets = {
+        stage.name: load_index(index_uri(spec.dataset_uri(stage.dataset))).fingerprint
+        for stage in spec.finetune
+    }
+    stage_keys = keys.stage_keys(spec, pointer.fingerprint, targets)
+    pointer = pointer.model_copy(update={"stage_keys": stage_keys, "run_key": keys.run_key(stage_keys)})
+    previous = registry.trained_with(spec, branch.name, pointer.run_key)
     if previous is not None and skip_if_trained:
         _write_pointer(data, pointer.model_copy(update={"trained_by": previous.run_id}))
         return SKIP
     _write_pointer(data, pointer)
-    return PRETRAIN_THEN_FINETUNE
+    return action
 
 
 @reports_cause("preparing the data")
@@ -208,6 +240,9 @@ def prepare_target(stage: str, branch: ArtifactLike, data: ArtifactLike) -> None
         branch=prepared.branch,
         branch_dir=prepared.branch_dir,
         index=uri,
+        run_key=prepared.run_key,
+        stage_keys=prepared.stage_keys,
+        reuse_stages=prepared.reuse_stages,
     )
     _write_pointer(data, _described(pointer, stage, [name], load_index(uri), spec.evaluation.split))
 
@@ -269,10 +304,6 @@ def _run_trainer(
     launch_local(app, scheduler_cfg(scheduler, deployment, log_dir))
 
 
-def _digest(values: list[str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(values)).encode()).hexdigest()[:32]
-
-
 def _log_metrics(metrics: MetricsLike, result: StageMetrics) -> None:
     """What the Kubeflow UI lists of a stage: its scores (mean class accuracy for single-label data, mAP
     for multi-label), how much it scored, on how many processes, how long, and the clips that could not
@@ -292,6 +323,67 @@ def _log_metrics(metrics: MetricsLike, result: StageMetrics) -> None:
     for name, value in logged.items():
         if value is not None:
             metrics.log_metric(name, float(value))
+
+
+# What a finished stage leaves that the steps after it read: its metrics and per-video results, and those of
+# its evaluation step. (Its checkpoint stays where it is: the metrics name it.)
+FINISHED_STAGE_FILES = (
+    layout.METRICS_FILE,
+    layout.RESULTS_FILE,
+    f"evaluation/{layout.METRICS_FILE}",
+    f"evaluation/{layout.RESULTS_FILE}",
+)
+
+
+def _finished_stage(spec: ExperimentSpec, prepared: BranchPointer, stage: str) -> StageMetrics | None:
+    """The stage's result where a run finished it already: this run before it was interrupted, or, where
+    the branch reuses stages, an earlier run that finished a stage with the same key (its files are copied
+    into this run's stage directory)."""
+    own = layout.stage_metrics(prepared.branch_dir, stage)
+    if storage.exists(own):  # the trainer writes its metrics last
+        print(f"[{stage}] finished before this run was resumed: its results are kept", flush=True)
+        return StageMetrics.read(own)
+    record = registry.stage_with(spec, prepared.branch, prepared.stage_keys[stage])
+    if not prepared.reuse_stages or record is None or not record.finished:
+        return None
+    if not storage.exists(storage.join(record.stage_dir, layout.METRICS_FILE)):
+        return None  # removed since
+    out = layout.stage_dir(prepared.branch_dir, stage)
+    for name in FINISHED_STAGE_FILES:
+        earlier = storage.join(record.stage_dir, name)
+        if storage.exists(earlier) and name != layout.METRICS_FILE:
+            storage.copy(earlier, storage.join(out, name))
+    storage.copy(storage.join(record.stage_dir, layout.METRICS_FILE), own)  # last: it says "finished"
+    result = StageMetrics.read(own)
+    print(
+        f"[{stage}] run {record.run_id} trained this stage with the same data, model and recipe: reusing "
+        f"{result.checkpoint}",
+        flush=True,
+    )
+    return result
+
+
+def _resume_earlier_stage(spec: ExperimentSpec, prepared: BranchPointer, stage: str) -> None:
+    """Where the branch reuses stages and an earlier run was interrupted in a stage with the same key,
+    copy its newest epoch checkpoint into this run's stage directory: the trainer resumes from it."""
+    record = registry.stage_with(spec, prepared.branch, prepared.stage_keys[stage])
+    out = layout.stage_dir(prepared.branch_dir, stage)
+    if not prepared.reuse_stages or record is None or record.finished or record.stage_dir == out:
+        return
+    earlier = storage.join(record.stage_dir, layout.CHECKPOINTS_DIR)
+    mine = storage.join(out, layout.CHECKPOINTS_DIR)
+    if not storage.exists(storage.join(earlier, layout.LATEST_FILE)) or storage.exists(
+        storage.join(mine, layout.LATEST_FILE)
+    ):
+        return
+    latest = LatestEpoch.read(storage.join(earlier, layout.LATEST_FILE))
+    storage.copy(storage.join(earlier, latest.file), storage.join(mine, latest.file))
+    latest.write(storage.join(mine, layout.LATEST_FILE))  # last: the trainer trusts the pointer
+    print(
+        f"[{stage}] run {record.run_id} was interrupted in this stage (same data, model and recipe): "
+        f"resuming from its epoch {latest.epoch}",
+        flush=True,
+    )
 
 
 @reports_cause("training")
@@ -314,8 +406,15 @@ def train(
         checkpoint = _read_pointer(ModelPointer, init).checkpoint if init is not None else None
     deployment = Deployment.model_validate_json(cluster_json)
     out = layout.stage_dir(prepared.branch_dir, stage)
-    _run_trainer(spec, "train", stage, scheduler, prepared, out, checkpoint, deployment)
-    result = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
+    key = prepared.stage_keys[stage]
+    result = _finished_stage(spec, prepared, stage)
+    if result is None:
+        _resume_earlier_stage(spec, prepared, stage)
+        started = StageRecord(key=key, stage=stage, run_id=prepared.run_id, stage_dir=out)
+        started.write(registry.stage_uri(spec, prepared.branch, key))
+        _run_trainer(spec, "train", stage, scheduler, prepared, out, checkpoint, deployment)
+        started.model_copy(update={"finished": True}).write(registry.stage_uri(spec, prepared.branch, key))
+        result = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
     pointer = ModelPointer(
         run_dir=prepared.run_dir,
         branch=prepared.branch,
@@ -387,7 +486,7 @@ def _keep_training_evaluation(
     job = trained.job.model_copy(update={"out_dir": out, "init_checkpoint": checkpoint, "new_head": False})
     result = trained.model_copy(update={"job": job, "history": [], "seconds": 0.0})
     per_video = storage.join(layout.stage_dir(branch_dir, trained.stage), layout.RESULTS_FILE)
-    storage.write_bytes(storage.join(out, layout.RESULTS_FILE), storage.read_bytes(per_video))
+    storage.copy(per_video, storage.join(out, layout.RESULTS_FILE))
     result.write(layout.evaluation_metrics(branch_dir, trained.stage))
     print(
         f"[{trained.stage}] the training job evaluated {checkpoint} on the {trained.split} split already: "
@@ -420,7 +519,12 @@ def evaluate(
     out = layout.evaluation_dir(prepared.branch_dir, stage)
     trained = StageMetrics.read(layout.stage_metrics(prepared.branch_dir, stage))
     local = scheduler == LOCAL_SCHEDULER
-    if local and _evaluated_in_training(trained, spec, prepared, checkpoint, deployment):
+    earlier = layout.evaluation_metrics(prepared.branch_dir, stage)
+    if storage.exists(earlier) and StageMetrics.read(earlier).checkpoint == checkpoint:
+        # A resumed run, or a stage reused from an earlier run: this checkpoint has been evaluated.
+        result = StageMetrics.read(earlier)
+        print(f"[{stage}] {checkpoint} was evaluated before: its scores are kept", flush=True)
+    elif local and _evaluated_in_training(trained, spec, prepared, checkpoint, deployment):
         result = _keep_training_evaluation(trained, prepared.branch_dir, out, checkpoint)
     else:
         _run_trainer(spec, "evaluate", stage, scheduler, prepared, out, checkpoint, deployment)
@@ -445,7 +549,7 @@ def register(branch: ArtifactLike, report: ArtifactLike) -> None:
     targets = {}
     for stage in spec.finetune:
         evaluation = StageMetrics.read(layout.evaluation_metrics(prepared.branch_dir, stage.name))
-        evaluated_on = load_index(index_uri(spec.dataset_uri(stage.dataset))).fingerprint
+        evaluated_on = _fingerprint(spec, stage.dataset)
         targets[stage.name] = TargetResult(
             evaluation_set=f"{evaluated_on}:{spec.evaluation.split}",
             score=evaluation.headline,
@@ -455,12 +559,23 @@ def register(branch: ArtifactLike, report: ArtifactLike) -> None:
             video_top5=evaluation.video_top5,
         )
     # Without pretraining, the model is what the targets' data made of the starting checkpoints.
-    fingerprint = prepared.fingerprint or _digest([target.evaluation_set for target in targets.values()])
+    fingerprint = prepared.fingerprint or keys.digest(
+        sorted(target.evaluation_set for target in targets.values())
+    )
     pretrained = layout.stage_dir(prepared.branch_dir, PRETRAIN) if spec.pretrain else None
+    earlier = registry.trained_with(spec, prepared.branch, prepared.run_key)
+    if earlier is not None and earlier.run_id == prepared.run_id:  # a resumed run registers once
+        print(f"registered {spec.model.name} before this run was resumed", flush=True)
+        with open(report.path, "w") as page:
+            page.write(
+                f"## Registered before run {prepared.run_id} was resumed\n\nrun key {prepared.run_key}\n"
+            )
+        return
     challenger = ModelRecord(
         run_id=prepared.run_id,
         branch=prepared.branch,
         fingerprint=fingerprint,
+        run_key=prepared.run_key,
         model=spec.model.name,
         pretrain_checkpoint=pretrained and storage.join(pretrained, layout.CHECKPOINT_FILE),
         targets=targets,
@@ -477,7 +592,8 @@ def skip(branch: ArtifactLike) -> None:
     """Says why a branch trains nothing."""
     prepared = _read_pointer(BranchPointer, branch)
     print(
-        f"{prepared.branch or 'the experiment'}: the registry already holds a model trained on data "
-        f"{prepared.fingerprint} (run {prepared.trained_by}): nothing to train",
+        f"{prepared.branch or 'the experiment'}: the registry already holds a model trained with the same "
+        f"data, model, recipe and targets (run {prepared.trained_by}, run key {prepared.run_key}): "
+        "nothing to train",
         flush=True,
     )

@@ -41,16 +41,15 @@ from torch.optim import Optimizer
 
 from mega3d.trainer import storage
 from mega3d.trainer.distributed import Rank, gather
+from mega3d.trainer.layout import CHECKPOINTS_DIR, LATEST_FILE
 from mega3d.trainer.model_catalog import canonical_name
 from mega3d.trainer.models.weights import WeightsError, parse_state
-from mega3d.trainer.records import ClipShape, EpochRecord, Record
+from mega3d.trainer.records import ClipShape, EpochRecord, LatestEpoch, Record
 from mega3d.trainer.schedule import LRSchedule
 from mega3d.trainer.spec import validation_problems
 
 FORMAT = "mega3d-checkpoint/1"
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest.json"
 EPOCH_FILE = re.compile(r"epoch-\d{5,}\.pt")
 
 # What is wrong with a header field that a reader names on its own, in this order of precedence.
@@ -146,14 +145,6 @@ def save_checkpoint(uri: str, header: CheckpointHeader, tensors: Mapping[str, An
     if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
         raise CheckpointError(f"{uri}: what was read back differs from what was written")
     storage.write_bytes(hash_uri(uri), f"{digest}  {posixpath.basename(uri)}\n".encode())
-
-
-class LatestEpoch(Record):
-    """`checkpoints/latest.json`: the newest verified epoch file, as a restarted job finds it."""
-
-    epoch: int
-    file: str  # its name in the checkpoints directory
-    sha256: str  # of its bytes, as written and read back
 
 
 def save_epoch(stage_dir: str, header: CheckpointHeader, tensors: Mapping[str, Any], keep: int) -> str:

@@ -1,14 +1,16 @@
 """Where a run keeps its files under the spec's storage root (torch-free; the CLI reads results here).
 
-<storage>/experiments/<name>/runs/<run_id>/spec.json             the spec as submitted
+<storage>/experiments/<name>/runs/<run_id>/spec.json             the spec as the run resolved it
                                           <branch>/spec.json       the spec as the branch trains it
                                           <branch>/data/<stage>/   pretraining merge (and subset): an index
                                           <branch>/<stage>/checkpoint.pt    one directory per stage
+                                          <branch>/<stage>/checkpoints/     epochs, while it trains
                                           <branch>/<stage>/metrics.json
                                           <branch>/<stage>/evaluation/metrics.json
                                           <branch>/<stage>/evaluation/results.json   top-5 per video
 <branch> is the run directory itself without a sweep, else `branches/<branch name>`.
 <storage>/registry/<name>/<branch name or "main">/   the model registry (see mega3d.pipelines.registry)
+<storage>/catalog/<dataset name>/<version>.json     the dataset catalog (see mega3d.trainer.catalog)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ SPEC_FILE = "spec.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 RESULTS_FILE = "results.json"  # per video, its top-5 classes: the reference's results JSON layout
+CHECKPOINTS_DIR = "checkpoints"  # a stage's epoch checkpoints while it trains (mega3d.trainer.checkpoint)
+LATEST_FILE = "latest.json"  # in CHECKPOINTS_DIR: records.LatestEpoch
 
 
 def run_dir(spec: ExperimentSpec, run_id: str) -> str:

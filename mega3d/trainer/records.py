@@ -2,11 +2,13 @@
 
     StageMetrics    <stage>/metrics.json, <stage>/evaluation/metrics.json
                     the trainer -> the pipeline's steps, `mega3d run`'s table, `mega3d report`
+    LatestEpoch     <stage>/checkpoints/latest.json: the trainer -> a restarted trainer, a resumed run
     Prediction      the JSON line `python -m mega3d.trainer.predict` prints -> `mega3d predict`
     RunPointer, BranchPointer, ModelPointer
                     KFP artifacts' metadata: one pipeline step -> the next
-    ModelRecord, RegistryDecision
+    ModelRecord, RegistryDecision, StageRecord
                     the model registry's files (see mega3d.pipelines.registry)
+    CatalogVersion  a dataset version in the catalog (see mega3d.trainer.catalog)
 
 A record is read with `Record.read(uri)` (or `Record.parse(data, where)`) and written with
 `record.write(uri)`. Readers ignore fields they do not know, so that a newer writer's files stay readable,
@@ -86,6 +88,15 @@ class StageJob(Record):
     def train_from(self) -> str | None:
         """The first module that trains (fine-tuning); None trains every module."""
         return self.spec.train_from if isinstance(self.spec, FinetuneSpec) else None
+
+
+class LatestEpoch(Record):
+    """`<stage>/checkpoints/latest.json`: the newest verified epoch file, as a restarted job finds it (the
+    trainer writes it; a run that resumes a stage elsewhere copies it)."""
+
+    epoch: int
+    file: str  # its name in the checkpoints directory
+    sha256: str  # of its bytes, as written and read back
 
 
 class RankInfo(Record):
@@ -225,6 +236,7 @@ class RunPointer(Record):
     run_dir: str
     run_id: str
     datasets: list[str]  # every dataset the run uses (synthetic ones exist from here on)
+    catalog: dict[str, str] = {}  # dataset name -> the catalog version the run resolved it to (`name@N`)
 
 
 class BranchPointer(Record):
@@ -239,7 +251,10 @@ class BranchPointer(Record):
     classes: int | None = None
     videos: int | None = None
     fingerprint: str | None = None
-    trained_by: str | None = None  # a skipped branch: the run whose registry record has this data
+    run_key: str = ""  # what the branch's model depends on (mega3d.pipelines.keys)
+    stage_keys: dict[str, str] = {}  # what each stage's result depends on
+    reuse_stages: bool = False  # stages of earlier runs with the same key are reused (skip_if_trained)
+    trained_by: str | None = None  # a skipped branch: the run whose registry record has this run key
 
 
 class ModelPointer(Record):
@@ -268,14 +283,20 @@ class TargetResult(Record):
 
 
 class ModelRecord(Record):
-    """A trained model in the registry (`models/<fingerprint>.json`, and `champion.json`)."""
+    """A trained model in the registry (`models/<run key>.json`, and `champion.json`)."""
 
     run_id: str
     branch: str
     fingerprint: str  # of the pretraining data (without pretraining: of the targets' evaluation sets)
+    run_key: str | None = None  # None in records from before run keys
     model: str
     pretrain_checkpoint: str | None = None
     targets: dict[str, TargetResult]
+
+    @property
+    def key(self) -> str:
+        """Its file's name in the registry: the run key (the data fingerprint, from before run keys)."""
+        return self.run_key or self.fingerprint
 
     @property
     def score(self) -> float:
@@ -285,6 +306,18 @@ class ModelRecord(Record):
     @property
     def evaluation_sets(self) -> dict[str, str]:
         return {name: target.evaluation_set for name, target in self.targets.items()}
+
+
+class StageRecord(Record):
+    """A stage's result for a stage key (`<registry>/stages/<key>.json`): the run and directory that train
+    it, and whether it finished there. Later runs with the same key reuse a finished one and resume an
+    unfinished one from its last epoch checkpoint."""
+
+    key: str
+    stage: str
+    run_id: str
+    stage_dir: str
+    finished: bool = False
 
 
 class RegistryDecision(Record):
@@ -297,3 +330,26 @@ class RegistryDecision(Record):
     promoted: bool
     reason: str
     previous_champion: str | None = None  # its run id
+
+
+# ---- the dataset catalog -------------------------------------------------------------------------------
+
+
+class CatalogVersion(Record):
+    """One published version of a catalog dataset (`<storage>/catalog/<name>/<version>.json`); never
+    rewritten once published."""
+
+    name: str
+    version: int = Field(ge=1)
+    uri: str  # the dataset: its index is `<uri>/index.npz`
+    fingerprint: str  # of the dataset's content when it was published
+    videos: int
+    classes: int
+    published: str  # UTC, ISO 8601
+    published_by: str  # the command and where it ran
+    made_from: str = ""  # what it was made of: a merge's or subset's inputs, an ingest's source
+
+    @property
+    def reference(self) -> str:
+        """`name@version`, as a spec pins it."""
+        return f"{self.name}@{self.version}"

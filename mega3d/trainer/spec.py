@@ -74,11 +74,28 @@ class SyntheticSpec(_Strict):
     seed: Seed = 0
 
 
+# A dataset of the catalog (mega3d.trainer.catalog): its name, and `@version` where a spec pins one.
+CATALOG_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+CATALOG_REFERENCE = rf"^{CATALOG_NAME}(@[1-9][0-9]{{0,8}})?$"
+
+
 class DatasetSpec(_Strict):
-    uri: Uri = Field(description="fsspec URI; relative paths are under `storage`.")
+    """A dataset by URI, or by catalog name. A run resolves a catalog name when it starts: the spec it
+    keeps has the version pinned (`name@N`) and that version's `uri`."""
+
+    uri: Uri | None = Field(default=None, description="fsspec URI; relative paths are under `storage`.")
+    catalog: Annotated[str, Field(pattern=CATALOG_REFERENCE)] | None = Field(
+        default=None,
+        description="A catalog dataset under `storage`: `name` (its newest version when a run starts) or "
+        "`name@N` (version N).",
+    )
     synthetic: SyntheticSpec | None = Field(
         default=None, description="Synthesize the dataset at `uri` when it does not exist yet."
     )
+
+    @property
+    def pinned(self) -> bool:
+        return self.catalog is not None and "@" in self.catalog
 
 
 class ModelSpec(_Strict):
@@ -376,7 +393,10 @@ class ExperimentSpec(_Strict):
         return uri if "://" in uri or uri.startswith("/") else f"{self.storage.rstrip('/')}/{uri}"
 
     def dataset_uri(self, name: str) -> str:
-        return self.under_storage(self.datasets[name].uri)
+        uri = self.datasets[name].uri
+        if uri is None:  # resolving the catalog comes first (mega3d.trainer.catalog.resolve_spec)
+            raise ValueError(f"datasets.{name}: catalog {self.datasets[name].catalog} is not resolved yet")
+        return self.under_storage(uri)
 
     def with_storage(self, storage: str) -> ExperimentSpec:
         return self.model_copy(update={"storage": storage})
@@ -497,8 +517,17 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
     problems = [
         Problem(f"datasets.{name}.uri", f"{dataset.uri!r} is not under storage {_UNDER_STORAGE}")
         for name, dataset in spec.datasets.items()
-        if outside_storage(dataset.uri)
+        if dataset.uri is not None and outside_storage(dataset.uri)
     ]
+    for name, dataset in spec.datasets.items():
+        if dataset.uri is None and dataset.catalog is None:
+            problems.append(Problem(f"datasets.{name}", "give `uri` or `catalog`"))
+        elif dataset.catalog is not None and dataset.synthetic is not None:
+            problems.append(Problem(f"datasets.{name}.synthetic", "a catalog dataset is not synthesized"))
+        elif dataset.catalog is not None and dataset.uri is not None and not dataset.pinned:
+            problems.append(
+                Problem(f"datasets.{name}.uri", "give `uri` or `catalog`, not both (a run sets `uri`)")
+            )
 
     def check_dataset(path: str, name: str) -> None:
         if name not in spec.datasets:

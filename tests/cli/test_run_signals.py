@@ -7,6 +7,7 @@ themselves. Each case trains a tiny stage for many epochs and is stopped once it
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -66,12 +67,14 @@ def files(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
-def stop_while_training(tmp_path: Path, signum: int, *extra: str) -> tuple[subprocess.Popen[str], str, str]:
-    """Start `mega3d run`, send `signum` once training has begun; (process, stdout, stderr) once every
-    process of the run has ended."""
+def stop_while_training(
+    tmp_path: Path, signum: int, *extra: str, spec: Path | None = None, after: str = "epoch 2/"
+) -> tuple[subprocess.Popen[str], str, str]:
+    """Start `mega3d run` (of `long_spec` unless `spec` is given), send `signum` once a line with `after`
+    is shown; (process, stdout, stderr) once every process of the run has ended."""
     value = os.urandom(6).hex()
     process = subprocess.Popen(
-        [MEGA3D, "run", str(long_spec(tmp_path)), "--run-id", "r1", *extra],
+        [MEGA3D, "run", str(spec or long_spec(tmp_path)), "--run-id", "r1", *extra],
         cwd=tmp_path,
         env={**os.environ, MARKER: value},
         stdout=subprocess.PIPE,
@@ -89,7 +92,7 @@ def stop_while_training(tmp_path: Path, signum: int, *extra: str) -> tuple[subpr
     threading.Thread(target=read, args=(process.stdout,), daemon=True).start()
     seen: list[str] = []
     try:
-        while not any("epoch 2/" in line for line in seen):
+        while not any(after in line for line in seen):
             line = lines.get(timeout=180)
             assert line is not None, "".join(seen) + process.stderr.read()
             seen.append(line)
@@ -121,7 +124,7 @@ def test_a_stopped_run_stops_whole_and_says_so_in_one_line(tmp_path: Path, signu
     assert process.returncode == code
     name = signal.Signals(signum).name
     assert stderr.splitlines() == [stderr.strip()] and stderr.startswith(f"stopped: {name} ended run r1")
-    assert "--run-id OTHER` starts afresh" in stderr and "Traceback" not in stdout + stderr
+    assert "--resume" in stderr and "continues it" in stderr and "Traceback" not in stdout + stderr
     assert ("KFP Executor" in stdout) == bool(verbose)
     assert_nothing_written_after(tmp_path / "store")
     run = tmp_path / "store" / "experiments" / "stopped" / "runs" / "r1"
@@ -133,3 +136,48 @@ def test_a_killed_run_leaves_nothing_running(tmp_path: Path) -> None:
     process, _, _ = stop_while_training(tmp_path, signal.SIGKILL)
     assert process.returncode == -signal.SIGKILL
     assert_nothing_written_after(tmp_path / "store")
+
+
+def test_an_interrupted_run_goes_on_from_what_it_finished(tmp_path: Path) -> None:
+    """Stopped in its fine-tune stage, run r1 has a finished pretraining and fine-tune checkpoints. A new
+    scheduled-style run (r2, --skip-if-trained) reuses the one and resumes from the other; r1 itself,
+    resumed, keeps its pretraining and goes on from its own last checkpoint."""
+    spec = yaml.safe_load(long_spec(tmp_path).read_text())
+    spec["pretrain"] = {"datasets": ["motion"], **TINY_STAGE}
+    spec["finetune"][0].update(init_from="pretrain", epochs=8)
+    path = tmp_path / "two-stages.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    process, _, _ = stop_while_training(
+        tmp_path, signal.SIGTERM, "--skip-if-trained", spec=path, after="[tuned] epoch 2/"
+    )
+    assert process.returncode == 143
+    runs = tmp_path / "store" / "experiments" / "stopped" / "runs"
+    stopped_at = json.loads((runs / "r1" / "tuned" / "checkpoints" / "latest.json").read_text())["epoch"]
+    assert 2 <= stopped_at < 8 and not (runs / "r1" / "tuned" / "metrics.json").exists()
+
+    def completed(*args: str) -> str:
+        done = subprocess.run([MEGA3D, "run", str(path), *args], capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        return done.stdout
+
+    later = completed("--run-id", "r2", "--skip-if-trained")
+    assert "[pretrain] run r1 trained this stage with the same data, model and recipe: reusing" in later
+    interrupted = "[tuned] run r1 was interrupted in this stage (same data, model and recipe): resuming from"
+    assert f"{interrupted} its epoch {stopped_at}" in later
+    assert not (runs / "r2" / "pretrain" / "checkpoint.pt").exists()  # r1's is used, not trained again
+
+    resumed = completed("--resume", "r1")
+    assert "[pretrain] finished before this run was resumed: its results are kept" in resumed
+    assert f"resuming after epoch {stopped_at}" in resumed
+    for run in ("r1", "r2"):
+        history = json.loads((runs / run / "tuned" / "metrics.json").read_text())["history"]
+        assert [epoch["epoch"] for epoch in history] == list(range(1, 9)), run
+    pretrained = json.loads((runs / "r1" / "pretrain" / "metrics.json").read_text())
+    tuned = json.loads((runs / "r2" / "tuned" / "metrics.json").read_text())
+    assert tuned["job"]["init_checkpoint"] == pretrained["checkpoint"]  # r2 fine-tuned r1's pretraining
+    assert (
+        "already exists; choose another --run-id, or continue it with --resume r1"
+        in subprocess.run(
+            [MEGA3D, "run", str(path), "--run-id", "r1"], capture_output=True, text=True, timeout=60
+        ).stderr
+    )

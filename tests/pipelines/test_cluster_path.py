@@ -12,13 +12,10 @@ driver would give them).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -27,18 +24,9 @@ from mega3d.pipelines.settings import STEP_POD_NAME, STEP_POD_UID
 from mega3d.trainer import storage
 from tests.conftest import MEGA3D, QUICKSTART
 from tests.fake_kubernetes import FakeKubernetes, Kubelet
-from tests.kfp_api import KfpApi, kfp_api
+from tests.kfp_api import KfpApi, kfp_api, run_as_the_backend
 
 STEP_POD = ("quickstart-xk2p9-system-container-impl-3141592653", "9b1e2c4d-uid-of-the-step-pod")
-
-# What the backend does with an uploaded run: execute its IR with the run's parameters.
-RUN_AS_THE_BACKEND = """
-import json, sys
-from kfp import local
-from kfp.components import load_component_from_file
-local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=sys.argv[2], raise_on_error=True)
-load_component_from_file(sys.argv[1])(**json.loads(sys.argv[3]))
-"""
 
 
 def tiny_quickstart(tmp_path: Path) -> Path:
@@ -79,10 +67,7 @@ def test_the_quickstart_runs_from_submit_to_finished_jobs_on_the_cluster_path(
     (run_id,) = kfp.runs
     body = kfp.runs[run_id]
     assert body["service_account"] == "mega3d-launcher" and f"run id: {run_id}" in submitted.stdout
-    package = tmp_path / "submitted.yaml"
-    document: dict[str, Any] = body["pipeline_spec"]
-    package.write_text(yaml.safe_dump_all([document["pipeline_spec"], document["platform_spec"]]))
-    arguments = json.dumps({**body["runtime_config"].get("parameters", {}), "run_id": run_id})
+    arguments = {**body["runtime_config"].get("parameters", {}), "run_id": run_id}
 
     with FakeKubernetes([], kubelet=Kubelet(tmp_path)) as cluster:
         kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", "mega3d")
@@ -90,14 +75,7 @@ def test_the_quickstart_runs_from_submit_to_finished_jobs_on_the_cluster_path(
         step_env.update(
             {"KUBECONFIG": str(kubeconfig), STEP_POD_NAME: STEP_POD[0], STEP_POD_UID: STEP_POD[1]}
         )
-        ran = subprocess.run(
-            [sys.executable, "-c", RUN_AS_THE_BACKEND, str(package), str(tmp_path / "kfp"), arguments],
-            env=step_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        ran = run_as_the_backend(body, arguments, tmp_path, step_env)
         jobs = [job.resource for job in cluster.jobs.values()]
     assert ran.returncode == 0, ran.stdout[-8000:] + ran.stderr[-8000:]
 

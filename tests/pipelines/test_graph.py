@@ -70,14 +70,15 @@ def test_the_first_model_of_a_branch_becomes_champion(swept: tuple[Path, Path, l
         registry = store / "registry" / "quickstart" / branch
         champion = json.loads((registry / "champion.json").read_text())
         assert champion["run_id"] == "first" and set(champion["targets"]) == {"motion-c", "motion-a-ft"}
-        assert (registry / "models" / f"{champion['fingerprint']}.json").exists()
+        assert (registry / "models" / f"{champion['run_key']}.json").exists()
 
 
 def test_unchanged_data_trains_nothing_when_scheduled(swept: tuple[Path, Path, list[str]]) -> None:
     store, _, outputs = swept
     for branch in ("c50", "c100"):
         assert not (branch_dir(store, "again", branch) / "pretrain").exists()
-    assert outputs[1].count("already holds a model trained on data") == 2 and "(run first)" in outputs[1]
+    assert outputs[1].count("already holds a model trained with the same data") == 2
+    assert "(run first, run key" in outputs[1]
 
 
 def test_a_model_that_does_not_beat_the_champion_is_recorded_not_promoted(

@@ -63,7 +63,10 @@ def test_unknown_fields_are_ignored_and_unset_ones_left_out() -> None:
         "branch_dir": "r",
         "datasets": [],
         "classes": 4,
-    }
+        "run_key": "",
+        "stage_keys": {},
+        "reuse_stages": False,
+    }  # fields that default to None (index, fingerprint, trained_by, ...) are left out
 
 
 def test_a_model_record_scores_the_mean_of_its_targets_and_round_trips() -> None:

@@ -279,3 +279,33 @@ def test_on_a_cluster_each_replica_is_a_volcano_task_restarted_alone() -> None:
         assert container["command"][-2:] == ["--replica", str(replica)]
         assert container["resources"]["limits"]["cpu"] == "2000m"
 
+
+def test_the_ingest_command_splits_over_replicas_and_publishes_the_one_dataset(
+    local_source: Source, one_machine: DatasetIndex, tmp_path: Path
+) -> None:
+    from tests.conftest import mega3d
+
+    listing = Path(local_source.root).parent / "list.csv"
+    dataset, root = str(tmp_path / "dataset"), str(tmp_path / "storage")
+    made = mega3d(
+        "data", "ingest", str(local_source.root), "--format", "csv", "--annotations", str(listing),
+        "--short-side", "16", "--shard-mb", "0.01", "--replicas", "2", "--workers", "1",
+        "-o", dataset, "--publish", "phones", "--storage", root, timeout=180,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    index = load_index(index_uri(dataset))
+    assert_same_dataset(index, one_machine)
+    assert f"published phones@1 ({dataset})" in made.stdout and index.fingerprint in made.stdout
+    refused = [
+        (("--on-cluster",), "--on-cluster: the pods read the source and write the dataset in object storage"),
+        (("--format", "kinetics"), "a kinetics source is read from a local folder"),
+    ]
+    for extra, message in refused:
+        source = "gs://bucket/videos" if "--format" in extra else str(local_source.root)
+        result = mega3d(
+            "data", "ingest", source, "--format", "csv", "--annotations", str(listing),
+            "-o", str(tmp_path / "never"), *extra,
+        )  # fmt: skip
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
