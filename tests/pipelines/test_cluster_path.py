@@ -22,9 +22,12 @@ import yaml
 
 from mega3d.pipelines.settings import STEP_POD_NAME, STEP_POD_UID
 from mega3d.trainer import storage
+from mega3d.trainer.data.format import index_uri, load_index
+from mega3d.trainer.data.ingest import Options, ingest, read_video_list
 from tests.conftest import MEGA3D, QUICKSTART
 from tests.fake_kubernetes import FakeKubernetes, Kubelet
 from tests.kfp_api import KfpApi, kfp_api, run_as_the_backend
+from tests.trainer.data.test_replicas import video_list
 
 STEP_POD = ("quickstart-xk2p9-system-container-impl-3141592653", "9b1e2c4d-uid-of-the-step-pod")
 
@@ -107,3 +110,43 @@ def test_the_quickstart_runs_from_submit_to_finished_jobs_on_the_cluster_path(
     logs = ran.stdout + ran.stderr  # kfp.local relays each step's output on its own streams
     assert f"launched kubernetes://torchx/mega3d:quickstart-pretrain-{run_id[:8]}" in logs
     assert "node0 | [0]:[pretrain] world size 2" in logs  # rank 0 speaks for the job
+
+
+def test_an_ingest_on_the_cluster_runs_its_replicas_as_one_volcano_job(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    """`mega3d data ingest --replicas 2 --on-cluster`: the replicas are the pods of one Volcano job (the real
+    TorchX kubernetes scheduler against the fake API server, whose kubelet runs them here), reading the
+    videos from the bucket; the dataset is the one a single-machine ingest of the same list writes."""
+    local = tmp_path / "videos"
+    listing = video_list(local)
+    bucket_videos = f"{gcs_bucket}/ingest-source/videos"
+    for video in local.iterdir():
+        storage.write_bytes(f"{bucket_videos}/{video.name}", video.read_bytes())
+    one_machine = ingest(
+        str(tmp_path / "single"), read_video_list(local, listing), Options(short_side=16, shard_bytes=1)
+    )
+    settings = tmp_path / "cluster.yaml"
+    settings.write_text(yaml.safe_dump({"image": "mega3d", "namespace": "mega3d"}))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MEGA3D_")}
+    dataset = f"{gcs_bucket}/ingest-on-cluster/phones"
+    with FakeKubernetes([], kubelet=Kubelet(tmp_path)) as cluster:
+        kubeconfig = cluster.write_kubeconfig(tmp_path / "kubeconfig", "mega3d")
+        env = {name: value for name, value in env.items() if name != "KUBERNETES_SERVICE_HOST"}
+        command = [
+            MEGA3D, "data", "ingest", bucket_videos, "--format", "csv", "--annotations", str(listing),
+            "--short-side", "16", "--shard-mb", "0.01", "--replicas", "2", "--workers", "1",
+            "--on-cluster", "--settings", str(settings), "-o", dataset,
+        ]  # fmt: skip
+        ingest_env = {**env, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
+        made = subprocess.run(command, env=ingest_env, capture_output=True, text=True, timeout=300)
+        jobs = [job.resource for job in cluster.jobs.values()]
+    assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
+    (job,) = jobs
+    assert job["metadata"]["labels"]["mega3d.io/task"] == "ingest" and len(job["spec"]["tasks"]) == 2
+    assert job["spec"]["queue"] == "mega3d" and job["spec"]["ttlSecondsAfterFinished"] == 3600
+    index = load_index(index_uri(dataset))
+    assert index.fingerprint == one_machine.fingerprint
+    assert [error.id for error in index.errors] == [error.id for error in one_machine.errors]
+    assert index.errors[0].error.startswith(f"{bucket_videos}/broken.mp4: ")  # read from the bucket
+    assert [video.id for video in index.videos()] == [video.id for video in one_machine.videos()]
