@@ -107,6 +107,11 @@ def test_a_branch_without_pretraining_trains_its_targets_from_scratch(tmp_path: 
     assert json.loads((scratch / "spec.json").read_text())["finetune"][0]["init_from"] == "scratch"
     trained = json.loads((scratch / "motion-c" / "metrics.json").read_text())
     assert trained["job"]["init_checkpoint"] is None and trained["job"]["spec"]["train_from"] is None
+    # Scheduled again with nothing changed: the branch without pretraining is skipped too.
+    again = mega3d("run", str(tmp_path / "scratch.yaml"), "--run-id", "s2", "--skip-if-trained", timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert again.stdout.count("already holds a model trained with the same data") == 2
+    assert not (branch_dir(tmp_path / "store", "s2", "scratch") / "motion-c").exists()
 
 
 def record(score: float, evaluation_set: str = "abc:validation") -> ModelRecord:
