@@ -17,7 +17,6 @@ import pytest
 import simplejpeg
 import torch
 import typer
-from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
@@ -78,24 +77,22 @@ def predicted(tiny: tuple[Path, nn.Module]) -> dict[str, Any]:
 
 
 def expected_scores(video: Path, model: nn.Module, frames: int, size: int, short_side: int) -> np.ndarray:
-    """The video-level probabilities, computed here from scratch: every frame decoded by PyAV, scaled down
-    to `short_side` and JPEG-coded as ingest stores it, non-overlapping windows (the last one looped),
-    centre crop, softmax averaged over the windows."""
+    """The video-level probabilities, computed here from scratch: every frame decoded by PyAV, converted to
+    RGB and scaled down to `short_side` by FFmpeg's swscale (bilinear) and JPEG-coded as ingest stores it,
+    non-overlapping windows (the last one looped), centre crop, softmax averaged over the windows."""
+    pixels = []
     with av.open(str(video)) as container:
-        images = [frame.to_image() for frame in container.decode(video=0)]
-    scale = short_side / min(images[0].size)
-    if scale < 1:
-        shape = (round(images[0].width * scale), round(images[0].height * scale))
-        images = [image.resize(shape, Image.Resampling.BILINEAR) for image in images]
+        for frame in container.decode(video=0):
+            scale = min(short_side / min(frame.width, frame.height), 1.0)
+            shape = {"width": round(frame.width * scale), "height": round(frame.height * scale)}
+            pixels.append(frame.to_ndarray(**shape, format="rgb24", interpolation="BILINEAR"))
     stored = np.stack(
         [
             simplejpeg.decode_jpeg(
-                simplejpeg.encode_jpeg(
-                    np.asarray(image), quality=JPEG_QUALITY, colorspace="RGB", colorsubsampling="420"
-                ),
+                simplejpeg.encode_jpeg(image, quality=JPEG_QUALITY, colorspace="RGB", colorsubsampling="420"),
                 colorspace="RGB",
             )
-            for image in images
+            for image in pixels
         ]
     )
     height, width = stored.shape[1:3]

@@ -26,6 +26,7 @@ from tests.conftest import MEGA3D
 pytestmark = pytest.mark.slow
 
 MARKER = "MEGA3D_TEST_SIGNALS"
+EPOCHS = 40  # of the interrupted fine-tune stage
 STOPPED_WITHIN_SECONDS = 15
 
 
@@ -139,12 +140,13 @@ def test_a_killed_run_leaves_nothing_running(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_run_goes_on_from_what_it_finished(tmp_path: Path) -> None:
-    """Stopped in its fine-tune stage, run r1 has a finished pretraining and fine-tune checkpoints. A new
-    scheduled-style run (r2, --skip-if-trained) reuses the one and resumes from the other; r1 itself,
-    resumed, keeps its pretraining and goes on from its own last checkpoint."""
+    """Stopped in its fine-tune stage (of enough tiny epochs that the stop comes before its end), run r1
+    has a finished pretraining and fine-tune checkpoints. A new scheduled-style run (r2, --skip-if-trained)
+    reuses the one and resumes from the other; r1 itself, resumed, keeps its pretraining and goes on from
+    its own last checkpoint."""
     spec = yaml.safe_load(long_spec(tmp_path).read_text())
     spec["pretrain"] = {"datasets": ["motion"], **TINY_STAGE}
-    spec["finetune"][0].update(init_from="pretrain", epochs=8)
+    spec["finetune"][0].update(init_from="pretrain", epochs=EPOCHS)
     path = tmp_path / "two-stages.yaml"
     path.write_text(yaml.safe_dump(spec))
     process, _, _ = stop_while_training(
@@ -153,7 +155,7 @@ def test_an_interrupted_run_goes_on_from_what_it_finished(tmp_path: Path) -> Non
     assert process.returncode == 143
     runs = tmp_path / "store" / "experiments" / "stopped" / "runs"
     stopped_at = json.loads((runs / "r1" / "tuned" / "checkpoints" / "latest.json").read_text())["epoch"]
-    assert 2 <= stopped_at < 8 and not (runs / "r1" / "tuned" / "metrics.json").exists()
+    assert 2 <= stopped_at < EPOCHS and not (runs / "r1" / "tuned" / "metrics.json").exists()
 
     def completed(*args: str) -> str:
         done = subprocess.run([MEGA3D, "run", str(path), *args], capture_output=True, text=True, timeout=600)
@@ -171,7 +173,7 @@ def test_an_interrupted_run_goes_on_from_what_it_finished(tmp_path: Path) -> Non
     assert f"resuming after epoch {stopped_at}" in resumed
     for run in ("r1", "r2"):
         history = json.loads((runs / run / "tuned" / "metrics.json").read_text())["history"]
-        assert [epoch["epoch"] for epoch in history] == list(range(1, 9)), run
+        assert [epoch["epoch"] for epoch in history] == list(range(1, EPOCHS + 1)), run
     pretrained = json.loads((runs / "r1" / "pretrain" / "metrics.json").read_text())
     tuned = json.loads((runs / "r2" / "tuned" / "metrics.json").read_text())
     assert tuned["job"]["init_checkpoint"] == pretrained["checkpoint"]  # r2 fine-tuned r1's pretraining
