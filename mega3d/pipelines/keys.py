@@ -17,7 +17,14 @@ from mega3d.trainer import storage
 from mega3d.trainer.spec import PRETRAIN, SCRATCH, ExperimentSpec, FinetuneSpec, PretrainSpec
 
 # How a stage runs, not what it trains: changing these trains the same model.
-RUNS_ALIKE = {"num_workers", "max_retries", "cache_dir", "checkpoint_every", "keep_checkpoints"}
+RUNS_ALIKE = {
+    "num_workers",
+    "max_retries",
+    "cache_dir",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "checkpoint_minutes",
+}
 # The data is keyed by content, and a fine-tune stage's start by the key of what it starts from.
 KEYED_APART = {"datasets", "dataset", "init_from", "name"}
 RESOURCES_THAT_TRAIN = ("nnodes", "nproc_per_node", "gpus")  # world size and device; not CPUs or memory

@@ -50,7 +50,8 @@ from mega3d.trainer.spec import validation_problems
 
 FORMAT = "mega3d-checkpoint/1"
 
-EPOCH_FILE = re.compile(r"epoch-\d{5,}\.pt")
+# `epoch-00004.pt` after epoch 4; `epoch-00004-batch-000120.pt` 120 batches into epoch 5 (a step checkpoint).
+CHECKPOINT_NAME = re.compile(r"epoch-(?P<epoch>\d{5,})(?:-batch-(?P<batches>\d{6,}))?\.pt")
 
 # What is wrong with a header field that a reader names on its own, in this order of precedence.
 FIELD_RULES = {
@@ -68,6 +69,23 @@ class ImportedFrom(Record):
     n_classes: int
 
 
+class RankProgress(Record):
+    """What one rank had added up of the epoch a step checkpoint stopped in."""
+
+    totals: list[float]  # loss sum, correct clips, clips, seconds waiting for data
+    failed: float  # clips that could not be decoded
+    non_finite_steps: int
+
+
+class EpochProgress(Record):
+    """How far into the epoch after `CheckpointHeader.epoch` a step checkpoint is: what resumes that epoch
+    at its next batch, as if it had not stopped."""
+
+    batches: int  # of the epoch, done
+    seconds: float  # training time of the epoch so far
+    ranks: list[RankProgress]  # by rank
+
+
 class CheckpointHeader(Record):
     """The plain fields of a checkpoint. A reference .pth has `epoch` and `arch` only, a bare state_dict
     none of them; mega3d's files have `format` and the fields of the model and of the stage that trained it.
@@ -82,6 +100,7 @@ class CheckpointHeader(Record):
     classes: list[str] | None = None  # None in reference and imported files: a head without class names
     clip: ClipShape | None = None  # how the model saw clips in training
     history: list[EpochRecord] = Field(default_factory=list)
+    progress: EpochProgress | None = None  # a step checkpoint: part of the next epoch is done
     source: ImportedFrom | None = None
 
     @field_validator("history", mode="before")
@@ -148,12 +167,13 @@ def save_checkpoint(uri: str, header: CheckpointHeader, tensors: Mapping[str, An
 
 
 def save_epoch(stage_dir: str, header: CheckpointHeader, tensors: Mapping[str, Any], keep: int) -> str:
-    """Write the checkpoint of epoch `header.epoch`, verify it, move the `latest` pointer to it, then delete
-    all but the newest `keep` epoch files, and the partial files of an earlier, killed attempt. Returns the
-    file's URI."""
+    """Write the checkpoint of epoch `header.epoch` (and, with `header.progress`, of the batches of the
+    next epoch done: a step checkpoint), verify it, move the `latest` pointer to it, then delete all but
+    the newest `keep` epoch files, every step checkpoint but this one (the next checkpoint of any kind
+    supersedes it), and the partial files of an earlier, killed attempt. Returns the file's URI."""
     directory = storage.join(stage_dir, CHECKPOINTS_DIR)
     epoch = header.epoch
-    name = f"epoch-{epoch:05d}.pt"  # matches EPOCH_FILE
+    name = f"epoch-{epoch:05d}" + (f"-batch-{header.progress.batches:06d}" if header.progress else "") + ".pt"
     data = _serialized(header, tensors)
     digest = hashlib.sha256(data).hexdigest()
     uri = storage.join(directory, name)
@@ -161,11 +181,17 @@ def save_epoch(stage_dir: str, header: CheckpointHeader, tensors: Mapping[str, A
     if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
         raise CheckpointError(f"{uri}: what was read back differs from what was written")
     LatestEpoch(epoch=epoch, file=name, sha256=digest).write(storage.join(directory, LATEST_FILE))
-    names = {posixpath.basename(path): path for path in storage.list_dir(directory)}
-    epochs = sorted(path for name, path in names.items() if EPOCH_FILE.fullmatch(name))
-    # What else is named like an epoch file is what a writer killed mid-write left beside it.
-    leftovers = [path for name, path in names.items() if name.startswith("epoch-") and path not in epochs]
-    for old in epochs[:-keep] + leftovers:
+    found = {posixpath.basename(path): path for path in storage.list_dir(directory)}
+    named = {name: CHECKPOINT_NAME.fullmatch(name) for name in found}
+    epochs = sorted(
+        (int(match["epoch"]), found[name]) for name, match in named.items() if match and not match["batches"]
+    )
+    steps = [found[other] for other, match in named.items() if match and match["batches"] and other != name]
+    # What else is named like a checkpoint is what a writer killed mid-write left beside it.
+    leftovers = [
+        found[other] for other, match in named.items() if match is None and other.startswith("epoch-")
+    ]
+    for old in [path for _, path in epochs[:-keep]] + steps + leftovers:
         storage.remove(old)
     return uri
 
@@ -218,6 +244,7 @@ class TrainingState:
         self.epoch = 0  # epochs done
         self.step = 0  # optimizer updates done
         self.history: list[EpochRecord] = []
+        self.progress: EpochProgress | None = None  # restored from a step checkpoint: the next epoch's part
 
     def header(self) -> CheckpointHeader:
         return self.model_header.model_copy(
@@ -231,11 +258,24 @@ class TrainingState:
             "scheduler": self.schedule.state_dict(),
         }
 
-    def save_epoch(self, stage_dir: str, keep: int) -> None:
-        """A verified epoch checkpoint with every rank's random state (a collective: all ranks call it)."""
-        rng = gather((random.getstate(), torch.get_rng_state()))
-        if self.rank.is_main:
-            save_epoch(stage_dir, self.header(), {**self.tensors(), "rng": rng}, keep)
+    def save_epoch(
+        self, stage_dir: str, keep: int, progress: tuple[RankProgress, int, float] | None = None
+    ) -> None:
+        """A verified epoch checkpoint with every rank's random state (a collective: all ranks call it).
+        With `progress` (this rank's sums, the batches of the next epoch done, its seconds so far), a step
+        checkpoint of that epoch, with every rank's sums."""
+        mine = progress[0] if progress is not None else None
+        rng, sums = zip(*gather(((random.getstate(), torch.get_rng_state()), mine)), strict=True)
+        if not self.rank.is_main:
+            return
+        header = self.header()
+        if progress is not None:
+            _, batches, seconds = progress
+            ranks = [rank for rank in sums if rank is not None]
+            header = header.model_copy(
+                update={"progress": EpochProgress(batches=batches, seconds=seconds, ranks=ranks)}
+            )
+        save_epoch(stage_dir, header, {**self.tensors(), "rng": list(rng)}, keep)
 
     def save(self, uri: str) -> None:
         """The trained model, which later stages and evaluation start from (written by rank 0)."""
@@ -255,8 +295,11 @@ class TrainingState:
         self.schedule.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = header.epoch, header.step, list(header.history)
         rng = state["rng"]
-        if len(rng) == self.rank.world_size:  # the same world: each rank continues its own sequence
+        same_world = len(rng) == self.rank.world_size
+        if same_world:  # each rank continues its own sequence
             python_state, torch_state = rng[self.rank.rank]
             random.setstate(python_state)
             torch.set_rng_state(torch_state)
+        # Another world size splits the epoch's clips otherwise: that epoch starts again from its first batch.
+        self.progress = header.progress if same_world else None
         return True

@@ -1,5 +1,7 @@
-"""A helper process that must not outlive the process that started it (ingest workers, `mega3d run`'s
-pipeline process): an orphan would go on writing beside whatever starts next."""
+"""How a process ends. A helper process must not outlive the process that started it (ingest workers,
+`mega3d run`'s pipeline process): an orphan would go on writing beside whatever starts next. A training
+process takes SIGTERM as notice (a node about to be preempted, a pod being deleted) rather than as its end:
+it finishes its step and saves where it is first."""
 
 from __future__ import annotations
 
@@ -19,3 +21,18 @@ def end_with_parent(parent: int, signum: signal.Signals) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     if os.getppid() != parent:
         os.kill(os.getpid(), signum)
+
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on notice after saving; to be started again, not a failure
+
+
+class StopNotice:
+    """Notes SIGTERM instead of dying of it: `given` says whether it came. The process must act on it soon
+    (Kubernetes kills a container its grace period after the signal; torchrun, its workers 30 s after)."""
+
+    def __init__(self) -> None:
+        self.given = False
+        signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.given = True

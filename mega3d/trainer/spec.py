@@ -210,6 +210,11 @@ class _StageSpec(_Strict):
     keep_checkpoints: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=2, description="How many of the newest epoch checkpoints to keep."
     )
+    checkpoint_minutes: Annotated[float, Field(gt=0, le=100_000)] | None = Field(
+        default=None,
+        description="Also a step checkpoint every this many minutes within an epoch (a step checkpoint is "
+        "always written on SIGTERM).",
+    )
     num_workers: Annotated[int, Field(ge=0, le=256)] = 4
     clip: ClipSpec = ClipSpec()
     optimizer: OptimizerSpec = OptimizerSpec()

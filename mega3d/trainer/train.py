@@ -3,7 +3,9 @@
     setup()     process group, data, model (fresh or from a checkpoint), frozen modules, optimizer, LR
                 schedule, and the state of a restarted job's last epoch checkpoint
     train()     epochs of train_epoch() + validate(); the LR schedule steps on the validation loss; an epoch
-                checkpoint after each epoch, the stage's checkpoint at the end
+                checkpoint after each epoch, the stage's checkpoint at the end; a step checkpoint on
+                SIGTERM (then Preempted) and every `checkpoint_minutes`, from which a restarted stage
+                continues at the next batch of that epoch
     evaluate()  clip accuracy and video top-1/top-5 over every non-overlapping window of a split
     close()     leave the process group
 
@@ -18,6 +20,7 @@ gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -34,7 +37,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mega3d.trainer import environment, storage
-from mega3d.trainer.checkpoint import CheckpointHeader, TrainingState, load_checkpoint
+from mega3d.trainer.checkpoint import (
+    CheckpointHeader,
+    EpochProgress,
+    RankProgress,
+    TrainingState,
+    load_checkpoint,
+)
 from mega3d.trainer.data.augment import normalize
 from mega3d.trainer.data.clips import EvaluationWindows, TrainingClips, collate_clips
 from mega3d.trainer.data.format import DatasetError, DatasetIndex, load_index
@@ -42,6 +51,7 @@ from mega3d.trainer.distributed import close_distributed, gather, init_distribut
 from mega3d.trainer.evaluate import RankShare, VideoScores, top1_hits
 from mega3d.trainer.exporter import Endpoints, Exporter
 from mega3d.trainer.layout import CHECKPOINT_FILE, METRICS_FILE, RESULTS_FILE
+from mega3d.trainer.lifetime import StopNotice
 from mega3d.trainer.models import build_model, load_weights
 from mega3d.trainer.prefetch import prefetched
 from mega3d.trainer.records import ClipShape, EpochRecord, RankInfo, StageJob, StageMetrics
@@ -95,6 +105,23 @@ class Diverged(RuntimeError):
     """The training loss is no longer a finite number: the stage fails rather than save such weights."""
 
 
+class Preempted(RuntimeError):
+    """SIGTERM came: every rank finished the step, and a step checkpoint holds where the stage was."""
+
+
+class ResumableSampler(DistributedSampler[Any]):
+    """The DistributedSampler of training, which can start an epoch part-way: its first `skip` indices (of
+    this rank's order for the epoch, the clips of the batches a step checkpoint had done) are left out."""
+
+    skip = 0
+
+    def __iter__(self) -> Any:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 @dataclass(frozen=True)
 class TrainedEpoch:
     """One pass over the training clips, over all ranks."""
@@ -111,10 +138,12 @@ class Trainer:
         self.checkpoint_uri = storage.join(job.out_dir, CHECKPOINT_FILE)
         self.start_epoch = 1  # the first epoch this run trains
         self.non_finite_steps = 0  # training steps in a row, over epochs, whose loss was not finite
+        self.saved_at = time.monotonic()  # of the last checkpoint, for `checkpoint_minutes`
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         job, spec = self.job, self.job.spec
+        self.notice = StopNotice()  # from here on, SIGTERM ends the stage at a step checkpoint
         self.rank = init_distributed()
         random.seed(spec.seed + self.rank.rank)
         torch.manual_seed(spec.seed + self.rank.rank)
@@ -163,7 +192,11 @@ class Trainer:
         self.state = TrainingState(self.model, self.optimizer, self.schedule, self._model_header(), self.rank)
         # A restarted job (Volcano restarts every pod on any failure) goes on after its last epoch checkpoint.
         if self.state.restore(job.out_dir):
-            self.log(f"resuming after epoch {self.state.epoch} (step {self.state.step}) from {job.out_dir}")
+            within = self.state.progress
+            where = f" and {within.batches} batches of epoch {self.state.epoch + 1}" if within else ""
+            self.log(
+                f"resuming after epoch {self.state.epoch}{where} (step {self.state.step}) from {job.out_dir}"
+            )
         self.start_epoch = self.state.epoch + 1
         if spec.precision == "bf16" and not self.bf16:
             self.log("no GPU here: training in fp32 instead of bf16")
@@ -211,7 +244,7 @@ class Trainer:
         """Training: DistributedSampler (shuffled, padded so that every rank takes as many DDP steps).
         Evaluation: each window on exactly one rank."""
         sampler: Sampler[int] = (
-            DistributedSampler(dataset, shuffle=True, drop_last=False)
+            ResumableSampler(dataset, shuffle=True, drop_last=False)
             if shuffle
             else RankShare(len(dataset), self.rank.rank, self.rank.world_size)  # type: ignore[arg-type]
         )
@@ -280,11 +313,15 @@ class Trainer:
         loader, validation = self.training_loader(), self.validation_loader()
         for epoch in range(self.start_epoch, self.job.spec.epochs + 1):
             started = time.monotonic()
-            assert isinstance(loader.sampler, DistributedSampler)
+            assert isinstance(loader.sampler, ResumableSampler)
             loader.sampler.set_epoch(epoch)
+            resumed = self.state.progress if epoch == self.start_epoch else None
+            assert loader.batch_size is not None
+            loader.sampler.skip = resumed.batches * loader.batch_size if resumed else 0
             self.schedule.set_epoch(epoch)
             lr = self.schedule.lr
-            trained = self.train_epoch(loader, epoch)
+            trained = self.train_epoch(loader, epoch, resumed)
+            started -= resumed.seconds if resumed else 0.0
             val_loss = self.validate(*validation) if validation is not None else trained.loss
             if not math.isfinite(val_loss):  # an epoch of fewer than DIVERGED_STEPS steps ends here
                 what = "validation loss" if validation is not None else "training loss"
@@ -315,6 +352,7 @@ class Trainer:
         self.exporter.record_epoch(epoch, lr, self.rank.device)
         if epoch % spec.checkpoint_every == 0 or epoch == spec.epochs:
             self.state.save_epoch(self.job.out_dir, spec.keep_checkpoints)
+            self.saved_at = time.monotonic()
         this_run = [r.seconds for r in self.state.history[-(epoch - self.start_epoch + 1) :]]
         eta = sum(this_run) / len(this_run) * (spec.epochs - epoch)
         self.log(
@@ -341,32 +379,60 @@ class Trainer:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.rank.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def train_epoch(self, loader: DataLoader[Any], epoch: int) -> TrainedEpoch:
+    def train_epoch(
+        self, loader: DataLoader[Any], epoch: int, resumed: EpochProgress | None = None
+    ) -> TrainedEpoch:
+        """One epoch, or what a step checkpoint (`resumed`) left of it: it goes on at the next batch, with
+        each rank's sums of the batches before."""
         set_train_mode(self.model, self.frozen)
-        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, clips, seconds waiting for data
-        failed = torch.zeros(1, dtype=torch.float64)
+        done = resumed.batches if resumed else 0
+        total = done + len(loader)  # batches of the whole epoch
+        mine = (
+            resumed.ranks[self.rank.rank]
+            if resumed
+            else RankProgress(totals=[0.0] * 4, failed=0, non_finite_steps=0)
+        )
+        totals = torch.tensor(
+            mine.totals, dtype=torch.float64
+        )  # loss sum, correct, clips, seconds waiting for data
+        failed = torch.tensor([mine.failed], dtype=torch.float64)
+        self.non_finite_steps = mine.non_finite_steps if resumed else self.non_finite_steps
+        before = resumed.seconds if resumed else 0.0
         started = last_report = asked = time.monotonic()
         batches = prefetched(loader, self.training_batch, self.rank.device)
-        for step, (clips, labels, skipped) in enumerate(batches, 1):
+        for step, (clips, labels, skipped) in enumerate(batches, done + 1):
             waited = time.monotonic() - asked
             totals[3] += waited
             failed += skipped.sum()
             self.exporter.unreadable_videos.inc(int(skipped.sum()))
-            update = step % self.job.spec.accumulate == 0 or step == len(loader)
+            update = step % self.job.spec.accumulate == 0 or step == total
             loss, correct = self.train_step(clips, labels, update)
-            self.check_finite(loss, epoch, step)
+            noticed, due = self.check_step(loss, epoch, step)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
             self.exporter.record_step(now - asked, waited, len(labels), loss)
+            if update and (noticed or due):  # between updates, accumulated gradients would be lost
+                sums = RankProgress(
+                    totals=totals.tolist(), failed=float(failed), non_finite_steps=self.non_finite_steps
+                )
+                self.state.save_epoch(
+                    self.job.out_dir, self.job.spec.keep_checkpoints, (sums, step, before + now - started)
+                )
+                self.saved_at = time.monotonic()
+                if noticed:
+                    raise Preempted(
+                        f"stage {self.job.stage}: stopped on SIGTERM in epoch {epoch} after batch {step} of "
+                        f"{total} (step {self.state.step}); a step checkpoint in {self.job.out_dir} holds it"
+                    )
             if now - last_report > PROGRESS_EVERY_S:
                 last_report = now
-                eta = (now - started) / step * (len(loader) - step)
+                eta = (now - started) / (step - done) * (total - step)
                 self.log(
-                    f"epoch {epoch}  step {step}/{len(loader)}  loss {totals[0] / totals[2]:.3f}  "
-                    f"data wait {totals[3] / (now - started):.0%}  epoch ends in {duration(eta)}"
+                    f"epoch {epoch}  step {step}/{total}  loss {totals[0] / max(float(totals[2]), 1.0):.3f}  "
+                    f"data wait {totals[3] / (before + now - started):.0%}  epoch ends in {duration(eta)}"
                 )
             asked = time.monotonic()
-        seconds = time.monotonic() - started
+        seconds = before + time.monotonic() - started
         dist.all_reduce(totals)
         loss_sum, correct, n, waited = totals.tolist()
         self.count_unreadable(failed, int(n + failed.item()), f"training epoch {epoch}")
@@ -391,18 +457,24 @@ class Trainer:
             self.state.step += 1
         return float(loss.detach()), top1_hits(logits, labels, self.index.multi_label)
 
-    def check_finite(self, loss: float, epoch: int, step: int) -> None:
-        """Count steps whose loss was not finite on any rank; Diverged after DIVERGED_STEPS in a row. The
-        ranks agree on the count (one all-reduce of one number per step), so that all of them stop at the
-        same step instead of one leaving the others waiting in a collective."""
-        flag = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.rank.device)
-        dist.all_reduce(flag)
-        self.non_finite_steps = self.non_finite_steps + 1 if float(flag) else 0
+    def check_step(self, loss: float, epoch: int, step: int) -> tuple[bool, bool]:
+        """After a step, what the ranks agree on in one all-reduce: whether any rank's loss was not finite
+        (Diverged after DIVERGED_STEPS in a row), whether any got SIGTERM, and whether a step checkpoint is
+        due (`checkpoint_minutes`), so that all of them stop or save at the same step instead of one leaving
+        the others waiting in a collective. Returns (SIGTERM came, a checkpoint is due)."""
+        minutes = self.job.spec.checkpoint_minutes
+        due = minutes is not None and time.monotonic() - self.saved_at >= minutes * 60
+        flags = [0.0 if math.isfinite(loss) else 1.0, float(self.notice.given), float(due)]
+        agreed = torch.tensor(flags, device=self.rank.device)
+        dist.all_reduce(agreed)
+        non_finite, noticed, due_anywhere = (float(value) > 0 for value in agreed.cpu())
+        self.non_finite_steps = self.non_finite_steps + 1 if non_finite else 0
         if self.non_finite_steps >= DIVERGED_STEPS:
             self.diverged(
                 f"the training loss was not finite for {DIVERGED_STEPS} steps in a row, up to epoch {epoch} "
                 f"step {step} (last: {loss})"
             )
+        return noticed, due_anywhere
 
     def diverged(self, what: str) -> NoReturn:
         """Raise Diverged: one line naming the stage, where, and what to change."""

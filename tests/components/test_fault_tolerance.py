@@ -149,3 +149,88 @@ def test_a_killed_node_costs_at_most_one_checkpoint_interval(
         ), key
     for key in ("clip_accuracy", "video_top1", "video_top5"):
         assert recovered[key] == pytest.approx(straight[key], abs=1e-6), key
+
+
+def torchrun_agents(out: Path) -> list[int]:
+    """The pids of the torchrun processes (one per "node") of the job writing to `out`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"torchrun") for part in command[:2]) and str(out).encode() in command:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM to both nodes (torchrun, as the kubelet signals a pod's main process) in the middle of
+    training: every rank finishes its step, a step checkpoint is written and the job ends; the launcher
+    starts it again, and it continues at the next batch of that epoch, ending as the uninterrupted job
+    does: the same losses and the same final weights."""
+    import torch
+
+    dataset = str(tmp_path / "data")
+    synthesize(dataset, SyntheticSpec(classes=3, videos_per_class=8, frames=12, size=24, seed=4))
+    stage = {**STAGE, "epochs": 30, "batch_size": 2}
+    spec = parse_spec(
+        {
+            "name": "preempted",
+            "storage": str(tmp_path),
+            "datasets": {"motion": {"uri": dataset}},
+            "model": {"name": "r3d-10", "widen_factor": 0.125},
+            "pretrain": {"datasets": ["motion"], **stage},
+            "finetune": [{"name": "tuned", "dataset": "motion"}],
+        }
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json())
+    train_stage(spec_file, dataset, tmp_path / "straight", capsys)
+    capsys.readouterr()
+
+    interrupted = tmp_path / "interrupted"
+    signalled: list[int] = []
+
+    def preempt_after_two_epochs() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not signalled:
+            agents = torchrun_agents(interrupted)
+            if latest_epoch(interrupted) >= 2 and len(agents) == 2:
+                for pid in agents:
+                    os.kill(pid, signal.SIGTERM)
+                signalled.extend(agents)
+            time.sleep(0.05)
+
+    preempter = threading.Thread(target=preempt_after_two_epochs, daemon=True)
+    preempter.start()
+    train_stage(spec_file, dataset, interrupted, capsys)
+    preempter.join(timeout=1)
+    log = capsys.readouterr().out
+    assert signalled, "the job was not signalled while it trained"
+    (stopped,) = [
+        line for line in log.splitlines() if "preempted: stage pretrain: stopped on SIGTERM" in line
+    ]
+    epoch, batch = (
+        int(word) for word in stopped.split("in epoch ")[1].split(" of ")[0].split(" after batch ")
+    )
+    assert f"resuming after epoch {epoch - 1} and {batch} batches of epoch {epoch}" in log
+
+    straight, recovered = (
+        json.loads((out / "metrics.json").read_text()) for out in (tmp_path / "straight", interrupted)
+    )
+    assert [h["epoch"] for h in recovered["history"]] == list(range(1, 31))
+    for key in ("train_loss", "train_accuracy", "val_loss", "lr"):
+        assert [h[key] for h in recovered["history"]] == [h[key] for h in straight["history"]], key
+    weights = [
+        torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
+        for out in (tmp_path / "straight", interrupted)
+    ]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    # The step checkpoint is gone once a later checkpoint supersedes it.
+    assert not [p.name for p in (interrupted / "checkpoints").iterdir() if "-batch-" in p.name]

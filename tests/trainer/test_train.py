@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mega3d.trainer.checkpoint import (
     CheckpointError,
     CheckpointHeader,
+    TrainingState,
     load_checkpoint,
     load_latest,
     save_checkpoint,
@@ -36,7 +37,7 @@ from mega3d.trainer.spec import (
     SyntheticSpec,
     parse_spec,
 )
-from mega3d.trainer.train import DIVERGED_STEPS, Trainer, duration
+from mega3d.trainer.train import DIVERGED_STEPS, ResumableSampler, Trainer, duration
 
 TINY_STAGE = {
     "epochs": 2,
@@ -613,3 +614,39 @@ def test_a_diverged_stage_fails_with_one_line_and_saves_nothing(
     ours = stderr.partition(expected)[0] + expected if processes > 1 else stderr  # torchrun's report after
     assert ours.strip().splitlines() == [expected], stderr[-3000:]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_resumed_epoch_sees_the_rest_of_its_clips_once() -> None:
+    """With loader workers the augmentation differs after a restart, but the clips are those of the epoch:
+    the batches done are left out, the others come in the same order."""
+
+    def sampler(skip: int) -> ResumableSampler:
+        made = ResumableSampler(range(21), num_replicas=2, rank=1, shuffle=True, seed=3)  # type: ignore[arg-type]
+        made.set_epoch(4)
+        made.skip = skip
+        return made
+
+    whole = list(sampler(0))
+    assert list(sampler(4)) == whole[4:] and len(sampler(4)) == len(whole) - 4
+    assert sorted(whole[:4] + list(sampler(4))) == sorted(whole)
+
+
+def test_step_checkpoints_come_every_checkpoint_minutes_and_give_way_to_the_next(
+    tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved: list[int | None] = []  # batches into the epoch of each checkpoint; None: an epoch checkpoint
+    save_epoch = TrainingState.save_epoch
+
+    def noting(state: TrainingState, stage_dir: str, keep: int, progress: Any = None) -> None:
+        saved.append(None if progress is None else progress[1])
+        save_epoch(state, stage_dir, keep, progress)
+
+    monkeypatch.setattr(TrainingState, "save_epoch", noting)
+    run_to(tiny_job(tiny_dataset, tmp_path, epochs=2, checkpoint_minutes=1e-6), monkeypatch)
+    batches = saved.index(None)
+    assert batches >= 2 and saved == [*range(1, batches + 1), None] * 2  # after every update: the time is up
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch-00001.pt",
+        "epoch-00002.pt",
+        "latest.json",
+    ]
