@@ -40,6 +40,7 @@ from mega3d.pipelines.local import cause_in_log
 from mega3d.pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
 from mega3d.pipelines.volcano import JobIdentity, JobState, Owner, VolcanoJobs, finish_resource
 from mega3d.trainer import environment
+from mega3d.trainer.lifetime import PREEMPTED
 
 LOCAL_SCHEDULER = "local_cwd"
 KUBERNETES_SCHEDULER = "kubernetes"
@@ -59,6 +60,9 @@ PORT_FLOOR = 10000
 # How soon a cluster log is opened again: its pod may not exist yet, or Volcano may have replaced it.
 LOG_RETRY_SECONDS = 5.0
 LOG_LINES_KEPT = 200  # of a local job's output, the last lines: where a failed job says why
+TORCHRUN_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torch/distributed/launcher/api.py
+TORCHRUN_EXIT_MARGIN_S = 5
+MAX_PREEMPTIONS = 100  # restarts after a notice, on top of max_retries: a bound, should notices never stop
 
 
 class LaunchError(RuntimeError):
@@ -138,8 +142,9 @@ def cluster_app(app: AppDef, deployment: Deployment) -> AppDef:
 
     Pods run as non-root with the runtime's default seccomp profile (with `finish_resource`'s container
     settings: the "restricted" Pod Security level), without an Istio sidecar, with the deployment's
-    annotations. Roles that use GPUs get the node selector and tolerations of the GPU nodes, and their
-    processes fail at once where they find fewer GPUs than they were given. With `credentials_secret`
+    annotations and its termination grace period (torchrun's shutdown timeout a little shorter). Roles that
+    use GPUs get the node selector and tolerations of the GPU nodes, and their processes fail at once where
+    they find fewer GPUs than they were given. With `credentials_secret`
     set, every pod mounts that Secret read-only at CREDENTIALS_DIR (its files are world-readable, whatever
     user the image runs as) and GOOGLE_APPLICATION_CREDENTIALS points at its key file; only the Secret's
     name enters the job.
@@ -147,7 +152,11 @@ def cluster_app(app: AppDef, deployment: Deployment) -> AppDef:
     app = copy.deepcopy(app)
     for role in app.roles:
         security = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-        pod_spec: dict[str, object] = {"securityContext": security}
+        grace = deployment.termination_grace_seconds
+        pod_spec: dict[str, object] = {"securityContext": security, "terminationGracePeriodSeconds": grace}
+        # torchrun passes SIGTERM on to its workers and kills them after this timeout (30 s by default):
+        # the step checkpoint gets the pod's grace period, less the time torchrun needs to end after them.
+        role.env[TORCHRUN_SHUTDOWN_TIMEOUT] = str(grace - TORCHRUN_EXIT_MARGIN_S)
         if role.resource.gpu > 0:
             role.env[environment.GPUS_REQUIRED] = "1"
         if role.resource.gpu > 0 and deployment.node_selector:
@@ -247,12 +256,15 @@ def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None) -> None:
 
     Volcano restarts a failed job itself, up to the roles' `max_retries`; TorchX's local scheduler does
     not, so the launcher does the same here: a job that fails (a node's process died) is started again,
-    and training resumes from its latest checkpoint.
+    and training resumes from its latest checkpoint. A job its trainers stopped on notice (SIGTERM, after a
+    step checkpoint: `preempted:` in its log) is started again without counting against `max_retries`,
+    up to MAX_PREEMPTIONS times.
     """
     retries = max((role.max_retries for role in app.roles), default=0)
     # local_cwd starts `torchrun` from PATH: use the one beside this interpreter.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    for attempt in range(retries + 1):
+    failures = preemptions = 0
+    while True:
         recent: deque[str] = deque(maxlen=LOG_LINES_KEPT)  # where the cause of a failure is read
         # Closed on leaving, not whenever it is garbage-collected: closing a local runner kills its jobs'
         # process groups, which must not happen once their ids may belong to a later attempt's processes.
@@ -273,11 +285,20 @@ def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None) -> None:
         state = status.state if status is not None else AppState.UNKNOWN
         if state == AppState.SUCCEEDED:
             return
-        if attempt < retries:
+        preempted = next((line for line in recent if PREEMPTED in line), None)
+        if preempted is not None and preemptions < MAX_PREEMPTIONS:
+            # Stopped on notice after a step checkpoint: started again without using up a retry.
+            preemptions += 1
+            print(f"{handle} was preempted ({preemptions} so far): starting it again", flush=True)
+            continue
+        if failures < retries:
+            failures += 1
             print(
-                f"{handle} ended {state.name}: starting it again ({retries - attempt} retries left)",
+                f"{handle} ended {state.name}: starting it again ({retries - failures + 1} retries left)",
                 flush=True,
             )
+            continue
+        break
     reason = status.msg if status is not None and status.msg not in ("", "<NONE>") else ""
     raise LaunchError(
         f"{app.name}: TorchX job {handle} ended {state.name}{f' ({reason})' if reason else ''}",

@@ -85,6 +85,11 @@ class Deployment(BaseModel):
     priority_class: Annotated[str, Field(pattern=K8S_NAME)] | None = Field(
         default=None, description="PriorityClass of training jobs"
     )
+    termination_grace_seconds: Annotated[int, Field(ge=10, le=3600)] = Field(
+        default=120,
+        description="what a training pod gets between SIGTERM (a preemption's notice) and SIGKILL: the time "
+        "for its step checkpoint",
+    )
     pod_annotations: dict[str, str] = Field(default={}, description="annotations of every training pod")
     node_selector: dict[str, str] = Field(default={}, description="labels of the GPU nodes to train on")
     tolerations: list[Toleration] = Field(default=[], description="taints of the GPU nodes to tolerate")

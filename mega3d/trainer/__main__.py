@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from mega3d.trainer import storage
 from mega3d.trainer.distributed import MissingGPUs, require_gpus
-from mega3d.trainer.lifetime import PREEMPTED_EXIT
+from mega3d.trainer.lifetime import PREEMPTED, PREEMPTED_EXIT
 from mega3d.trainer.records import StageJob
 from mega3d.trainer.spec import spec_from_json
 from mega3d.trainer.train import Diverged, Preempted, Trainer
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             except Preempted as error:
                 # Every rank stopped at the same step, after the step checkpoint: to be started again.
                 if trainer.rank.is_main:
-                    print(f"preempted: {error}", file=sys.stderr, flush=True)
+                    print(f"{PREEMPTED}{error}", file=sys.stderr, flush=True)
                 raise SystemExit(PREEMPTED_EXIT) from None
             except Diverged as error:
                 # Every rank stops at the same step. Rank 0 says why, once, before any rank exits: torchrun

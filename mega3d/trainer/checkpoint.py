@@ -31,6 +31,7 @@ import json
 import posixpath
 import random
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,7 @@ class RankProgress(Record):
     totals: list[float]  # loss sum, correct clips, clips, seconds waiting for data
     failed: float  # clips that could not be decoded
     non_finite_steps: int
+    noticed: bool = False  # this rank got SIGTERM
 
 
 class EpochProgress(Record):
@@ -84,6 +86,7 @@ class EpochProgress(Record):
     batches: int  # of the epoch, done
     seconds: float  # training time of the epoch so far
     ranks: list[RankProgress]  # by rank
+    noticed_at: float | None = None  # when written on SIGTERM (seconds since the epoch); None: on time
 
 
 class CheckpointHeader(Record):
@@ -101,6 +104,8 @@ class CheckpointHeader(Record):
     clip: ClipShape | None = None  # how the model saw clips in training
     history: list[EpochRecord] = Field(default_factory=list)
     progress: EpochProgress | None = None  # a step checkpoint: part of the next epoch is done
+    preemptions: int = 0  # restarts after a checkpoint on notice, so far
+    preempted_seconds: float = 0.0  # from each such checkpoint to its restart
     source: ImportedFrom | None = None
 
     @field_validator("history", mode="before")
@@ -245,10 +250,18 @@ class TrainingState:
         self.step = 0  # optimizer updates done
         self.history: list[EpochRecord] = []
         self.progress: EpochProgress | None = None  # restored from a step checkpoint: the next epoch's part
+        self.preemptions = 0
+        self.preempted_seconds = 0.0
 
     def header(self) -> CheckpointHeader:
         return self.model_header.model_copy(
-            update={"epoch": self.epoch, "step": self.step, "history": list(self.history)}
+            update={
+                "epoch": self.epoch,
+                "step": self.step,
+                "history": list(self.history),
+                "preemptions": self.preemptions,
+                "preempted_seconds": self.preempted_seconds,
+            }
         )
 
     def tensors(self) -> dict[str, Any]:
@@ -263,19 +276,25 @@ class TrainingState:
     ) -> None:
         """A verified epoch checkpoint with every rank's random state (a collective: all ranks call it).
         With `progress` (this rank's sums, the batches of the next epoch done, its seconds so far), a step
-        checkpoint of that epoch, with every rank's sums."""
+        checkpoint of that epoch, with every rank's sums and buffers: each rank's BatchNorm statistics have
+        taken in its own batches since DDP last sent it rank 0's, and the validation after an epoch that
+        resumes at its end sees them before any step would send rank 0's again."""
         mine = progress[0] if progress is not None else None
-        rng, sums = zip(*gather(((random.getstate(), torch.get_rng_state()), mine)), strict=True)
+        buffers = {name: buffer.cpu() for name, buffer in self.model.named_buffers()} if progress else None
+        rng, sums, rank_buffers = zip(
+            *gather(((random.getstate(), torch.get_rng_state()), mine, buffers)), strict=True
+        )
         if not self.rank.is_main:
             return
-        header = self.header()
+        header, tensors = self.header(), {**self.tensors(), "rng": list(rng)}
         if progress is not None:
             _, batches, seconds = progress
             ranks = [rank for rank in sums if rank is not None]
-            header = header.model_copy(
-                update={"progress": EpochProgress(batches=batches, seconds=seconds, ranks=ranks)}
-            )
-        save_epoch(stage_dir, header, {**self.tensors(), "rng": list(rng)}, keep)
+            noticed_at = time.time() if any(rank.noticed for rank in ranks) else None
+            within = EpochProgress(batches=batches, seconds=seconds, ranks=ranks, noticed_at=noticed_at)
+            header = header.model_copy(update={"progress": within})
+            tensors["rank_buffers"] = list(rank_buffers)
+        save_epoch(stage_dir, header, tensors, keep)
 
     def save(self, uri: str) -> None:
         """The trained model, which later stages and evaluation start from (written by rank 0)."""
@@ -294,6 +313,10 @@ class TrainingState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         self.epoch, self.step, self.history = header.epoch, header.step, list(header.history)
+        self.preemptions, self.preempted_seconds = header.preemptions, header.preempted_seconds
+        if header.progress is not None and header.progress.noticed_at is not None:
+            self.preemptions += 1
+            self.preempted_seconds += max(0.0, time.time() - header.progress.noticed_at)
         rng = state["rng"]
         same_world = len(rng) == self.rank.world_size
         if same_world:  # each rank continues its own sequence
@@ -302,4 +325,8 @@ class TrainingState:
             torch.set_rng_state(torch_state)
         # Another world size splits the epoch's clips otherwise: that epoch starts again from its first batch.
         self.progress = header.progress if same_world else None
+        if self.progress is not None:
+            own = state["rank_buffers"][self.rank.rank]
+            for name, buffer in self.model.named_buffers():
+                buffer.copy_(own[name])
         return True

@@ -14,6 +14,7 @@ phase, so that no branch's or run's push replaces another's. An empty branch is 
 
     mega3d_steps_total, mega3d_clips_total, mega3d_unreadable_videos_total          counters
     mega3d_loss, mega3d_learning_rate, mega3d_epoch, mega3d_start_time_seconds      gauges
+    mega3d_preemptions, mega3d_preempted_seconds                                    gauges
     mega3d_evaluation_accuracy{kind="clip|video_top1|video_top5"}                  gauge
     mega3d_gpu_memory_allocated_bytes, mega3d_gpu_memory_peak_bytes                 gauges (GPUs)
     mega3d_step_seconds (a whole loop iteration), mega3d_data_wait_seconds          histograms
@@ -108,6 +109,12 @@ class Exporter:
             "mega3d_start_time_seconds", "When this process started (a new value per restart)"
         )
         self.started.set(time.time())
+        self.preemptions = gauge(
+            "mega3d_preemptions", "Restarts of this stage after a checkpoint on notice (SIGTERM), so far"
+        )
+        self.preempted_seconds = gauge(
+            "mega3d_preempted_seconds", "Seconds from those checkpoints to the restarts, added up"
+        )
         self.gpu_allocated = gauge("mega3d_gpu_memory_allocated_bytes", "GPU memory allocated by tensors")
         self.gpu_peak = gauge("mega3d_gpu_memory_peak_bytes", "Peak GPU memory allocated by tensors")
         self.accuracy = Gauge(
@@ -160,6 +167,10 @@ class Exporter:
         self.loss.set(loss)
         self.step_seconds.observe(seconds)
         self.data_wait_seconds.observe(waited)
+
+    def record_preemptions(self, count: int, seconds: float) -> None:
+        self.preemptions.set(count)
+        self.preempted_seconds.set(seconds)
 
     def record_epoch(self, epoch: int, learning_rate: float, device: torch.device) -> None:
         self.epoch.set(epoch)

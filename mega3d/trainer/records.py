@@ -177,6 +177,8 @@ class StageMetrics(Scores):
     n_videos: int
     n_clips: int
     unreadable: int
+    preemptions: int = 0  # restarts after a checkpoint on notice (SIGTERM)
+    preempted_seconds: float = 0.0  # from those checkpoints to the restarts
     # Rows: true class, columns: video top-1 class, whatever the number of classes; multi-label data: a video
     # counts in the row of each of its labels. None in older files (kept up to 50 single-label classes).
     confusion: list[list[int]] | None = None

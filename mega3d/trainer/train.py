@@ -198,6 +198,7 @@ class Trainer:
                 f"resuming after epoch {self.state.epoch}{where} (step {self.state.step}) from {job.out_dir}"
             )
         self.start_epoch = self.state.epoch + 1
+        self.exporter.record_preemptions(self.state.preemptions, self.state.preempted_seconds)
         if spec.precision == "bf16" and not self.bf16:
             self.log("no GPU here: training in fp32 instead of bf16")
         members = ", ".join(f"rank {r.rank} pid {r.pid}" for r in self.ranks)
@@ -412,18 +413,8 @@ class Trainer:
             now = time.monotonic()
             self.exporter.record_step(now - asked, waited, len(labels), loss)
             if update and (noticed or due):  # between updates, accumulated gradients would be lost
-                sums = RankProgress(
-                    totals=totals.tolist(), failed=float(failed), non_finite_steps=self.non_finite_steps
-                )
-                self.state.save_epoch(
-                    self.job.out_dir, self.job.spec.keep_checkpoints, (sums, step, before + now - started)
-                )
-                self.saved_at = time.monotonic()
-                if noticed:
-                    raise Preempted(
-                        f"stage {self.job.stage}: stopped on SIGTERM in epoch {epoch} after batch {step} of "
-                        f"{total} (step {self.state.step}); a step checkpoint in {self.job.out_dir} holds it"
-                    )
+                within = (epoch, step, total, before + now - started)
+                self.save_step(within, totals, failed, noticed)
             if now - last_report > PROGRESS_EVERY_S:
                 last_report = now
                 eta = (now - started) / (step - done) * (total - step)
@@ -441,6 +432,32 @@ class Trainer:
             accuracy=correct / max(n, 1),
             clips=n,
             data_wait=waited / self.rank.world_size / max(seconds, 1e-9),
+        )
+
+    def save_step(
+        self, within: tuple[int, int, int, float], totals: torch.Tensor, failed: torch.Tensor, noticed: bool
+    ) -> None:
+        """A step checkpoint after batch `step` of `total` of `epoch` (`within`, with the epoch's seconds so
+        far), with this rank's sums (a collective: every rank calls it); then Preempted if SIGTERM came."""
+        epoch, step, total, seconds = within
+        sums = RankProgress(
+            totals=totals.tolist(),
+            failed=float(failed),
+            non_finite_steps=self.non_finite_steps,
+            noticed=self.notice.given,
+        )
+        self.state.save_epoch(self.job.out_dir, self.job.spec.keep_checkpoints, (sums, step, seconds))
+        self.saved_at = time.monotonic()
+        if not noticed:
+            return
+        told = [
+            f"rank {r.rank} ({r.host})"
+            for r, got in zip(self.ranks, gather(self.notice.given), strict=True)
+            if got
+        ]
+        raise Preempted(
+            f"stage {self.job.stage}: stopped on SIGTERM to {', '.join(told)} in epoch {epoch} after batch "
+            f"{step} of {total} (step {self.state.step}); a step checkpoint in {self.job.out_dir} holds it"
         )
 
     def train_step(self, clips: torch.Tensor, labels: torch.Tensor, update: bool = True) -> tuple[float, int]:
@@ -549,6 +566,8 @@ class Trainer:
             job=self.job,
             history=self.state.history,
             seconds=seconds,
+            preemptions=self.state.preemptions,
+            preempted_seconds=self.state.preempted_seconds,
             **evaluation,
         )
         if self.rank.is_main:

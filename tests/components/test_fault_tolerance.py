@@ -36,7 +36,9 @@ STAGE = {
 }
 
 
-def train_stage(spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def train_stage(
+    spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixture[str], max_retries: int = 1
+) -> None:
     """Train the stage; a failed launch fails the test with the end of the job's log, not all of it."""
     app = trainer(
         "train",
@@ -52,7 +54,7 @@ def train_stage(spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixtu
         nnodes=2,
         nproc_per_node=1,
         cpu=1,
-        max_retries=1,
+        max_retries=max_retries,
         rdzv_port=free_port(),
     )
     try:
@@ -171,8 +173,9 @@ def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
 ) -> None:
     """SIGTERM to both nodes (torchrun, as the kubelet signals a pod's main process) in the middle of
     training: every rank finishes its step, a step checkpoint is written and the job ends; the launcher
-    starts it again, and it continues at the next batch of that epoch, ending as the uninterrupted job
-    does: the same losses and the same final weights."""
+    starts it again though the stage has no retries (a preemption is not a failure), and it continues at
+    the next batch of that epoch, ending as the uninterrupted job does: the same losses and the same final
+    weights."""
     import torch
 
     dataset = str(tmp_path / "data")
@@ -208,7 +211,7 @@ def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
 
     preempter = threading.Thread(target=preempt_after_two_epochs, daemon=True)
     preempter.start()
-    train_stage(spec_file, dataset, interrupted, capsys)
+    train_stage(spec_file, dataset, interrupted, capsys, max_retries=0)
     preempter.join(timeout=1)
     log = capsys.readouterr().out
     assert signalled, "the job was not signalled while it trained"
@@ -219,11 +222,16 @@ def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
         int(word) for word in stopped.split("in epoch ")[1].split(" of ")[0].split(" after batch ")
     )
     assert f"resuming after epoch {epoch - 1} and {batch} batches of epoch {epoch}" in log
+    assert "stopped on SIGTERM to rank 0 (" in stopped and "rank 1 (" in stopped  # both nodes were told
+    assert "was preempted (1 so far): starting it again" in log and "retries left" not in log
 
     straight, recovered = (
         json.loads((out / "metrics.json").read_text()) for out in (tmp_path / "straight", interrupted)
     )
     assert [h["epoch"] for h in recovered["history"]] == list(range(1, 31))
+    assert (straight["preemptions"], recovered["preemptions"]) == (0, 1) and recovered[
+        "preempted_seconds"
+    ] > 0
     for key in ("train_loss", "train_accuracy", "val_loss", "lr"):
         assert [h[key] for h in recovered["history"]] == [h[key] for h in straight["history"]], key
     weights = [

@@ -35,6 +35,8 @@ GAUGES = {
     "mega3d_gpu_memory_allocated_bytes",
     "mega3d_gpu_memory_peak_bytes",
     "mega3d_start_time_seconds",
+    "mega3d_preemptions",
+    "mega3d_preempted_seconds",
 }
 HISTOGRAMS = {"mega3d_step_seconds", "mega3d_data_wait_seconds"}
 EXPORTED = (

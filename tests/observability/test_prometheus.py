@@ -193,6 +193,7 @@ def test_loss_is_finite_and_the_rest_of_the_training_metrics_exist(
         "mega3d_step_seconds_count",
         "mega3d_data_wait_seconds_bucket",
         "mega3d_start_time_seconds",
+        "mega3d_preemptions",
         "mega3d_run_info",
     ):
         assert servers.query(f'{name}{{job="mega3d"}}', start, end), name
