@@ -64,6 +64,25 @@ def train_stage(
         pytest.fail(f"{error}\nthe end of its log:\n{tail}", pytrace=False)
 
 
+def stage_of_two_nodes(tmp_path: Path, stage: dict[str, Any]) -> tuple[Path, str]:
+    """A small dataset and a spec whose pretraining is `stage`: the spec file and the dataset's URI."""
+    dataset = str(tmp_path / "data")
+    synthesize(dataset, SyntheticSpec(classes=3, videos_per_class=8, frames=12, size=24, seed=4))
+    spec = parse_spec(
+        {
+            "name": "faults",
+            "storage": str(tmp_path),
+            "datasets": {"motion": {"uri": dataset}},
+            "model": {"name": "r3d-10", "widen_factor": 0.125},
+            "pretrain": {"datasets": ["motion"], **stage},
+            "finetune": [{"name": "tuned", "dataset": "motion"}],
+        }
+    )
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.model_dump_json())
+    return spec_file, dataset
+
+
 def training_process_of_rank(rank: int, out: Path) -> int | None:
     """The pid of `python -m mega3d.trainer train ... --out OUT` running as `rank`."""
     for entry in Path("/proc").iterdir():
@@ -94,21 +113,7 @@ def latest_epoch(out: Path) -> int:
 def test_a_killed_node_costs_at_most_one_checkpoint_interval(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dataset = str(tmp_path / "data")
-    synthesize(dataset, SyntheticSpec(classes=3, videos_per_class=8, frames=12, size=24, seed=4))
-    spec = parse_spec(
-        {
-            "name": "faults",
-            "storage": str(tmp_path),
-            "datasets": {"motion": {"uri": dataset}},
-            "model": {"name": "r3d-10", "widen_factor": 0.125},
-            "pretrain": {"datasets": ["motion"], **STAGE},
-            "finetune": [{"name": "tuned", "dataset": "motion"}],
-        }
-    )
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(spec.model_dump_json())
-
+    spec_file, dataset = stage_of_two_nodes(tmp_path, STAGE)
     train_stage(spec_file, dataset, tmp_path / "straight", capsys)
     capsys.readouterr()
 
@@ -178,21 +183,7 @@ def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
     weights."""
     import torch
 
-    dataset = str(tmp_path / "data")
-    synthesize(dataset, SyntheticSpec(classes=3, videos_per_class=8, frames=12, size=24, seed=4))
-    stage = {**STAGE, "epochs": 30, "batch_size": 2}
-    spec = parse_spec(
-        {
-            "name": "preempted",
-            "storage": str(tmp_path),
-            "datasets": {"motion": {"uri": dataset}},
-            "model": {"name": "r3d-10", "widen_factor": 0.125},
-            "pretrain": {"datasets": ["motion"], **stage},
-            "finetune": [{"name": "tuned", "dataset": "motion"}],
-        }
-    )
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(spec.model_dump_json())
+    spec_file, dataset = stage_of_two_nodes(tmp_path, {**STAGE, "epochs": 30, "batch_size": 2})
     train_stage(spec_file, dataset, tmp_path / "straight", capsys)
     capsys.readouterr()
 
