@@ -154,3 +154,27 @@ def test_a_spec_names_catalog_datasets_and_a_run_pins_them(tmp_path: Path, datas
     ]:
         with pytest.raises(SpecError, match=message):
             parse_spec({**raw, "datasets": {**raw["datasets"], "first": dataset}})
+
+
+def test_a_run_of_an_unknown_catalog_name_or_version_is_one_line_and_writes_nothing(
+    tmp_path: Path, datasets: list[str]
+) -> None:
+    store = tmp_path / "store"
+    catalog.publish(str(store), "motion", datasets[0])
+    before = sorted(str(p) for p in store.rglob("*"))
+    for reference, message in [
+        ("motoin", "datasets.pre.catalog: no dataset 'motoin' in the catalog at"),
+        ("motion@7", "datasets.pre.catalog: motion has no version 7 (its versions: 1)"),
+    ]:
+        spec = {
+            "name": "cat",
+            "storage": str(store),
+            "datasets": {"pre": {"catalog": reference}},
+            "pretrain": {"datasets": ["pre"], "epochs": 1},
+            "finetune": [{"name": "tuned", "dataset": "pre"}],
+        }
+        (tmp_path / "spec.yaml").write_text(json.dumps(spec))
+        result = mega3d("run", str(tmp_path / "spec.yaml"), "--run-id", "r1")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert sorted(str(p) for p in store.rglob("*")) == before  # no run directory, nothing else
