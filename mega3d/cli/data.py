@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from mega3d.trainer.data.format import DatasetIndex
     from mega3d.trainer.data.replicas import Launch
 
-data_app = typer.Typer(help="Create, combine and inspect datasets.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Create, combine and inspect datasets; keep their versions in the catalog.", no_args_is_help=True
+)
 
 _SYNTH = {name: field.default for name, field in SyntheticSpec.model_fields.items()}
 LOG_EVERY_S = 10.0
@@ -470,8 +472,11 @@ def publish_command(
     ],
     made_from: Annotated[str, typer.Option(help="What the dataset was made from, in words.")] = "",
 ) -> None:
-    """Add a dataset to the catalog as the next version of NAME; specs name it `catalog: NAME` (newest
-    version) or `catalog: NAME@N`. Published versions are never changed."""
+    """Add a dataset to the catalog as the next version of NAME.
+
+    Specs name it `catalog: NAME` (the newest version when a run starts) or `catalog: NAME@N`.
+
+    Published versions are never changed."""
     publish_version(catalog_root(name, storage_root, "NAME"), name, uri, made_from, written=False)
 
 
