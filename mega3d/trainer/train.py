@@ -20,6 +20,7 @@ gloo on CPU, nccl on GPU. Only rank 0 writes to storage.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import math
 import os
@@ -579,4 +580,10 @@ class Trainer:
             print(f"[{self.job.stage}] {message}", flush=True, file=sys.stdout)
 
     def close(self) -> None:
+        # DDP's reducer holds the process group. Let it go first: a group destroyed (shut down) while a
+        # reducer still holds it is freed with the reducer, later, and its destructor can then wait forever
+        # on a gloo thread (seen: a test's frame teardown hung in ~ProcessGroupGloo).
+        for wrapper in ("step_model", "ddp"):
+            self.__dict__.pop(wrapper, None)
+        gc.collect()
         close_distributed()

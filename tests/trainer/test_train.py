@@ -537,9 +537,14 @@ def test_multi_label_datasets_train_with_sigmoids_and_report_map(
 def test_a_compiled_training_step_trains_and_saves_plain_weights(
     tiny_dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job = tiny_job(tiny_dataset, tmp_path, stage="compiled", compile=True)
-    trained = run_to(job, monkeypatch)
-    assert type(trained.step_model).__name__ == "OptimizedModule" and trained.state.history[0].train_loss > 0
+    world_of_one(monkeypatch)
+    trained = set_up(tiny_job(tiny_dataset, tmp_path, stage="compiled", compile=True))
+    try:
+        assert type(trained.step_model).__name__ == "OptimizedModule"
+        trained.train()
+    finally:
+        trained.close()
+    assert trained.state.history[0].train_loss > 0
     state = load_checkpoint(str(tmp_path / "checkpoint.pt"))["state_dict"]
     assert "conv1.weight" in state and not any("_orig_mod" in key for key in state)
 
