@@ -493,8 +493,9 @@ def versions_command(
 
     root = storage.local_absolute(storage_root)
     try:
-        resolve(root, name.partition("@")[0], "NAME")  # an unknown name: one line, with a suggestion
         found = versions(root, name.partition("@")[0])
+        if not found:
+            resolve(root, name, "NAME")  # says so in one line, with a suggestion
     except DATA_ERRORS as error:  # a CatalogError is a ValueError
         fail([str(error)])
     out.print(f"{name} in the catalog at {root}: {len(found)} versions, oldest first", soft_wrap=True)

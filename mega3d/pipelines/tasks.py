@@ -325,33 +325,31 @@ def _log_metrics(metrics: MetricsLike, result: StageMetrics) -> None:
             metrics.log_metric(name, float(value))
 
 
-# What a finished stage leaves that the steps after it read: its metrics and per-video results, and those of
-# its evaluation step. (Its checkpoint stays where it is: the metrics name it.)
+# What a finished stage leaves that the steps after it read, besides its metrics: its per-video results, and
+# those of its evaluation step. (Its checkpoint stays where it is: the metrics name it.)
 FINISHED_STAGE_FILES = (
-    layout.METRICS_FILE,
     layout.RESULTS_FILE,
     f"evaluation/{layout.METRICS_FILE}",
     f"evaluation/{layout.RESULTS_FILE}",
 )
 
 
-def _finished_stage(spec: ExperimentSpec, prepared: BranchPointer, stage: str) -> StageMetrics | None:
-    """The stage's result where a run finished it already: this run before it was interrupted, or, where
-    the branch reuses stages, an earlier run that finished a stage with the same key (its files are copied
-    into this run's stage directory)."""
+def _finished_stage(prepared: BranchPointer, stage: str, record: StageRecord | None) -> StageMetrics | None:
+    """The stage's result where a run finished it already: this run before it was interrupted, or the
+    earlier run of `record` (a stage with the same key; None where the branch reuses no stages), whose
+    files are copied into this run's stage directory."""
     own = layout.stage_metrics(prepared.branch_dir, stage)
     if storage.exists(own):  # the trainer writes its metrics last
         print(f"[{stage}] finished before this run was resumed: its results are kept", flush=True)
         return StageMetrics.read(own)
-    record = registry.stage_with(spec, prepared.branch, prepared.stage_keys[stage])
-    if not prepared.reuse_stages or record is None or not record.finished:
+    if record is None or not record.finished:
         return None
     if not storage.exists(storage.join(record.stage_dir, layout.METRICS_FILE)):
         return None  # removed since
     out = layout.stage_dir(prepared.branch_dir, stage)
     for name in FINISHED_STAGE_FILES:
         earlier = storage.join(record.stage_dir, name)
-        if storage.exists(earlier) and name != layout.METRICS_FILE:
+        if storage.exists(earlier):
             storage.copy(earlier, storage.join(out, name))
     storage.copy(storage.join(record.stage_dir, layout.METRICS_FILE), own)  # last: it says "finished"
     result = StageMetrics.read(own)
@@ -363,12 +361,11 @@ def _finished_stage(spec: ExperimentSpec, prepared: BranchPointer, stage: str) -
     return result
 
 
-def _resume_earlier_stage(spec: ExperimentSpec, prepared: BranchPointer, stage: str) -> None:
-    """Where the branch reuses stages and an earlier run was interrupted in a stage with the same key,
-    copy its newest epoch checkpoint into this run's stage directory: the trainer resumes from it."""
-    record = registry.stage_with(spec, prepared.branch, prepared.stage_keys[stage])
+def _resume_earlier_stage(prepared: BranchPointer, stage: str, record: StageRecord | None) -> None:
+    """Where the earlier run of `record` was interrupted in a stage with the same key, copy its newest
+    checkpoint into this run's stage directory: the trainer resumes from it."""
     out = layout.stage_dir(prepared.branch_dir, stage)
-    if not prepared.reuse_stages or record is None or record.finished or record.stage_dir == out:
+    if record is None or record.finished or record.stage_dir == out:
         return
     earlier = storage.join(record.stage_dir, layout.CHECKPOINTS_DIR)
     mine = storage.join(out, layout.CHECKPOINTS_DIR)
@@ -407,9 +404,10 @@ def train(
     deployment = Deployment.model_validate_json(cluster_json)
     out = layout.stage_dir(prepared.branch_dir, stage)
     key = prepared.stage_keys[stage]
-    result = _finished_stage(spec, prepared, stage)
+    earlier = registry.stage_with(spec, prepared.branch, key) if prepared.reuse_stages else None
+    result = _finished_stage(prepared, stage, earlier)
     if result is None:
-        _resume_earlier_stage(spec, prepared, stage)
+        _resume_earlier_stage(prepared, stage, earlier)
         started = StageRecord(key=key, stage=stage, run_id=prepared.run_id, stage_dir=out)
         started.write(registry.stage_uri(spec, prepared.branch, key))
         _run_trainer(spec, "train", stage, scheduler, prepared, out, checkpoint, deployment)
