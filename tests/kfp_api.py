@@ -278,8 +278,10 @@ def kfp_api(
         thread.join()
 
 
-# What the backend does with a run it was given: execute its IR with the run's parameters. kfp.local
-# stands in for the backend's driver and launcher.
+# What the backend does with a run it was given: execute its IR with the run's parameters, each task through
+# its driver and launcher (kubeflow/pipelines backend/src/v2/cmd/driver/main.go and cmd/launcher-v2/main.go,
+# which resolve the task's inputs, run the component's command and record its outputs). kfp.local does the
+# same steps in one process here; a retried run is the same IR executed again with the same run id.
 RUN_AS_THE_BACKEND = """
 import json, sys
 from kfp import local
