@@ -14,7 +14,13 @@ With a `Kubelet`, a created job's pods run instead: each pod's container command
 machine, with the container's environment and what Volcano's svc and env plugins add to it, and the job is
 Running until its processes end, then Completed (all exited 0) or Failed; its pods' logs are what the
 processes printed, each line timestamped as the kubelet does (`timestamps=true`). Deleting the job kills
-its processes, as deleting pods stops their containers.
+its processes, as deleting pods stops their containers. A pod that fails where its task's policies say
+`PodFailed: RestartJob` restarts the job as Volcano's job controller does (volcano-sh/volcano v1.10:
+job_controller_util.go applyPolicies takes the task's policies first, the first match wins, none is
+SyncJob; state/running.go RestartJobAction kills every pod, sets the phase Restarting and counts
+status.retryCount up; state/restarting.go fails the job once retryCount reaches spec.maxRetry, 3 where
+the webhook found 0; syncJob then creates the pods again under their names): the next status read says
+Restarting, and the pods run again from the start.
 
 As the real API server does (k8s.io/apiserver): created objects get a uid, a resourceVersion that every
 write changes, and a creationTimestamp; a JSON merge patch (RFC 7386, what the python client sends for
@@ -161,21 +167,54 @@ class Job:
     status_reads: int = 0
     log_reads: dict[str, int] = field(default_factory=dict)
     processes: dict[str, PodProcess] = field(default_factory=dict)  # by pod name, with a Kubelet
+    kubelet: Kubelet | None = None
+    retry_count: int = 0
+    restarting: bool = False  # restarted since the last status read
+    failed: bool = False  # out of restarts
 
     @property
     def phase(self) -> str:
+        if self.failed:
+            return "Failed"
+        if self.restarting:
+            return "Restarting"
         if self.processes:
             phases = {process.phase for process in self.processes.values()}
             return "Running" if "Running" in phases else "Failed" if "Failed" in phases else "Completed"
         return self.phases[min(self.status_reads, len(self.phases)) - 1] if self.status_reads else "Pending"
 
+    def restart_on_failure(self) -> None:
+        """What Volcano's job controller does when a pod of a running job has failed (see the module)."""
+        by_pod = {
+            f"{self.resource['metadata']['name']}-{t['name']}-0": t for t in self.resource["spec"]["tasks"]
+        }
+        failed = [name for name, process in self.processes.items() if process.phase == "Failed"]
+        if self.failed or not failed:
+            return
+        policies = by_pod[failed[0]].get("policies", []) + self.resource["spec"].get("policies", [])
+        action = next((p["action"] for p in policies if p.get("event") in ("PodFailed", "*")), None)
+        if action != "RestartJob" or self.kubelet is None:
+            return  # SyncJob: a failed pod stays failed
+        for process in self.processes.values():
+            process.kill()
+        self.retry_count += 1
+        if self.retry_count >= (self.resource["spec"].get("maxRetry") or 3):
+            self.failed = True
+            return
+        self.restarting = True
+        self.kubelet.start(self)
+
     def with_status(self) -> dict[str, Any]:
+        self.restart_on_failure()
+        phase = self.phase
+        self.restarting = False
         task_phase = {"Pending": "Pending", "Completed": "Succeeded", "Failed": "Failed"}.get(
-            self.phase, "Running"
+            phase, "Running"
         )
-        state = {"phase": self.phase, "reason": self.reason, "message": self.message}
+        state = {"phase": phase, "reason": self.reason, "message": self.message}
         tasks = {task["name"]: {"phase": {task_phase: 1}} for task in self.resource["spec"]["tasks"]}
-        return {**self.resource, "status": {"state": state, "taskStatusCount": tasks}}
+        status = {"state": state, "taskStatusCount": tasks, "retryCount": self.retry_count}
+        return {**self.resource, "status": status}
 
     def pods(self) -> list[dict[str, Any]]:
         """The pods Volcano names `{job}-{task}-0`: unscheduled while the job is Pending."""
@@ -332,6 +371,7 @@ class FakeKubernetes:
                 if "dryRun" not in query:
                     key = (namespace, resource["metadata"]["name"])
                     job = Job(resource, self.phases, self.reason, self.message, self.unschedulable)
+                    job.kubelet = self.kubelet
                     self.jobs[key] = job
                     if self.kubelet is not None:
                         self.kubelet.start(job)

@@ -240,7 +240,7 @@ def fits_the_queue(spec: ExperimentSpec, deployment: Deployment, source: Path) -
     problems: dict[str, Problem] = {}
     for branch in spec.branches():
         for path, stage in spec.for_branch(branch).stages():
-            nodes, gpus = stage.resources.nnodes, stage.resources.gpus
+            nodes, gpus = stage.resources.node_range[0], stage.resources.gpus  # elastic: the fewest
             if nodes * gpus > capacity:
                 message = (
                     f"{nodes} nodes x {gpus} GPUs = {nodes * gpus} GPUs at once, more than queue_gpus "

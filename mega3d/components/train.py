@@ -15,7 +15,7 @@ def trainer(
     *trainer_args: str,
     name: str = "mega3d",
     image: str = "mega3d:latest",
-    nnodes: int = 1,
+    nnodes: int | str = 1,
     nproc_per_node: int = 1,
     gpus: int = 0,
     cpu: int = 4,
@@ -31,7 +31,8 @@ def trainer(
         trainer_args: arguments of `python -m mega3d.trainer` (train|evaluate --spec ... --stage ...)
         name: app name; short and DNS-safe, since pod names are capped at 63 characters
         image: container image with mega3d installed (ignored by local_cwd)
-        nnodes: number of nodes (one Volcano task each on Kubernetes, one process group locally)
+        nnodes: number of nodes (one Volcano task each on Kubernetes, one torchrun each locally), or
+            "min:max": an elastic job that starts on min nodes and takes up to max
         nproc_per_node: processes per node (one per GPU on GPU nodes)
         gpus: GPUs per node; 0 trains on CPU with gloo
         cpu: CPU cores per node; also the number of intra-op threads per process

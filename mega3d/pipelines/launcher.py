@@ -38,9 +38,17 @@ from torchx.specs.overlays import JOIN, set_overlay
 
 from mega3d.pipelines.local import cause_in_log
 from mega3d.pipelines.settings import CREDENTIALS_DIR, CREDENTIALS_KEY, Deployment
-from mega3d.pipelines.volcano import JobIdentity, JobState, Owner, VolcanoJobs, finish_resource
-from mega3d.trainer import environment
-from mega3d.trainer.lifetime import PREEMPTED
+from mega3d.pipelines.volcano import (
+    JobIdentity,
+    JobState,
+    Owner,
+    VolcanoJobs,
+    finish_resource,
+    restart_on_any_pod_loss,
+)
+from mega3d.trainer import environment, storage
+from mega3d.trainer.layout import CHECKPOINTS_DIR, LATEST_FILE
+from mega3d.trainer.records import LatestEpoch
 
 LOCAL_SCHEDULER = "local_cwd"
 KUBERNETES_SCHEDULER = "kubernetes"
@@ -63,6 +71,43 @@ LOG_LINES_KEPT = 200  # of a local job's output, the last lines: where a failed 
 TORCHRUN_SHUTDOWN_TIMEOUT = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"  # torch/distributed/launcher/api.py
 TORCHRUN_EXIT_MARGIN_S = 5
 MAX_PREEMPTIONS = 100  # restarts after a notice, on top of max_retries: a bound, should notices never stop
+
+
+class Restarts:
+    """What a launcher does with a job that ended without succeeding, on this machine and on a cluster
+    alike: a preemption (the stage's newest checkpoint was written on a notice that came since the launcher
+    last looked) is started again up to MAX_PREEMPTIONS times, any other end up to `max_retries` times.
+    `stage_dir`: where a training job keeps its checkpoints; None for a job without any."""
+
+    def __init__(self, stage_dir: str | None, max_retries: int) -> None:
+        self.stage_dir, self.max_retries = stage_dir, max_retries
+        self.failures = self.preemptions = 0
+        self.notice = self._newest_notice()
+
+    def _newest_notice(self) -> float | None:
+        if self.stage_dir is None:
+            return None
+        pointer = storage.join(self.stage_dir, CHECKPOINTS_DIR, LATEST_FILE)
+        return LatestEpoch.read(pointer).noticed_at if storage.exists(pointer) else None
+
+    def again(self, ended: str) -> str | None:
+        """Why the job, which `ended` so (its state), is started again; None when it is not."""
+        notice, seen = self._newest_notice(), self.notice
+        self.notice = notice
+        if notice is not None and notice != seen and self.preemptions < MAX_PREEMPTIONS:
+            self.preemptions += 1
+            return f"was preempted ({self.preemptions} so far): starting it again"
+        if self.failures < self.max_retries:
+            self.failures += 1
+            return f"ended {ended}: starting it again ({self.max_retries - self.failures + 1} retries left)"
+        return None
+
+    def used_up(self) -> str:
+        """What the restarts so far were, once `again` has said no."""
+        return (
+            f"max_retries {self.max_retries} used up; restarted {self.failures} times after a failure and "
+            f"{self.preemptions} after a preemption"
+        )
 
 
 class LaunchError(RuntimeError):
@@ -193,6 +238,8 @@ def cluster_request(
         warnings.simplefilter("ignore", UserWarning)
         info = runner.dryrun(cluster_app(app, deployment), KUBERNETES_SCHEDULER, cfg=cfg)
     finish_resource(info.request.resource, identity, owner, deployment.finished_job_minutes * 60)
+    retries = max((role.max_retries for role in app.roles), default=0)
+    restart_on_any_pod_loss(info.request.resource, retries + MAX_PREEMPTIONS)
     return info
 
 
@@ -251,19 +298,17 @@ def _follow_pod_log(
         print(f"{prefix}(log unavailable: {error})", flush=True)
 
 
-def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None) -> None:
+def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None, stage_dir: str | None = None) -> None:
     """Run the app as processes on this machine to its end; fail with LaunchError if it does not succeed.
 
-    Volcano restarts a failed job itself, up to the roles' `max_retries`; TorchX's local scheduler does
-    not, so the launcher does the same here: a job that fails (a node's process died) is started again,
-    and training resumes from its latest checkpoint. A job its trainers stopped on notice (SIGTERM, after a
-    step checkpoint: `preempted:` in its log) is started again without counting against `max_retries`,
-    up to MAX_PREEMPTIONS times.
+    TorchX's local scheduler does not start a failed job again; the launcher does, as Restarts says: a
+    job that fails (a node's process died) up to the roles' `max_retries` times, and training resumes
+    from its latest checkpoint; a job its trainers stopped on notice (SIGTERM, after a step checkpoint in
+    `stage_dir`) without using up a retry.
     """
-    retries = max((role.max_retries for role in app.roles), default=0)
+    restarts = Restarts(stage_dir, max((role.max_retries for role in app.roles), default=0))
     # local_cwd starts `torchrun` from PATH: use the one beside this interpreter.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    failures = preemptions = 0
     while True:
         recent: deque[str] = deque(maxlen=LOG_LINES_KEPT)  # where the cause of a failure is read
         # Closed on leaving, not whenever it is garbage-collected: closing a local runner kills its jobs'
@@ -285,20 +330,10 @@ def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None) -> None:
         state = status.state if status is not None else AppState.UNKNOWN
         if state == AppState.SUCCEEDED:
             return
-        preempted = next((line for line in recent if PREEMPTED in line), None)
-        if preempted is not None and preemptions < MAX_PREEMPTIONS:
-            # Stopped on notice after a step checkpoint: started again without using up a retry.
-            preemptions += 1
-            print(f"{handle} was preempted ({preemptions} so far): starting it again", flush=True)
-            continue
-        if failures < retries:
-            failures += 1
-            print(
-                f"{handle} ended {state.name}: starting it again ({retries - failures + 1} retries left)",
-                flush=True,
-            )
-            continue
-        break
+        again = restarts.again(state.name)
+        if again is None:
+            break
+        print(f"{handle} {again}", flush=True)
     reason = status.msg if status is not None and status.msg not in ("", "<NONE>") else ""
     raise LaunchError(
         f"{app.name}: TorchX job {handle} ended {state.name}{f' ({reason})' if reason else ''}",
@@ -312,9 +347,14 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def launch_on_cluster(app: AppDef, deployment: Deployment, identity: JobIdentity) -> None:
+def launch_on_cluster(
+    app: AppDef, deployment: Deployment, identity: JobIdentity, stage_dir: str | None = None
+) -> None:
     """Run the app as a Volcano job to its end, or follow the one an earlier attempt of this step
-    submitted; fail with LaunchError if it does not succeed."""
+    submitted; fail with LaunchError if it does not succeed. Volcano restarts the job after any pod's
+    failure or eviction; each restart the launcher sees is judged as Restarts says (counted from when
+    it starts to follow the job), and the job is deleted once failures have used up `max_retries`."""
+    restarts = Restarts(stage_dir, max((role.max_retries for role in app.roles), default=0))
     owner = Owner.from_environment(os.environ)
     jobs = VolcanoJobs(deployment.namespace)
     with get_runner() as runner:
@@ -349,7 +389,7 @@ def launch_on_cluster(app: AppDef, deployment: Deployment, identity: JobIdentity
             return scheduler.log_iter(app_id, role, k=replica, should_tail=True, streams=Stream.COMBINED)
 
         with _on_sigterm(stop), _following(open_log, app, threading.Event()):
-            state = _wait_on_cluster(jobs, name, deployment)
+            state = _wait_on_cluster(jobs, name, deployment, restarts)
     if state.phase != "Completed":
         why = state.why()
         raise LaunchError(f"{app.name}: Volcano job {name} ended {state.phase}{f': {why}' if why else ''}")
@@ -446,17 +486,26 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _wait_on_cluster(jobs: VolcanoJobs, name: str, deployment: Deployment) -> JobState:
-    """The job's state once it has ended. While it waits to be scheduled, the step says why (once per
-    reason) and reads it less often; after `pending_minutes` of waiting, the job is deleted and the step
-    fails with those reasons."""
+def _wait_on_cluster(jobs: VolcanoJobs, name: str, deployment: Deployment, restarts: Restarts) -> JobState:
+    """The job's state once it has ended. Each restart by Volcano is judged by `restarts`: one it does
+    not allow deletes the job and fails the step. While the job waits to be scheduled, the step says why
+    (once per reason) and reads it less often; after `pending_minutes` of waiting, the job is deleted and
+    the step fails with those reasons."""
     interval = STATUS_POLL_SECONDS[KUBERNETES_SCHEDULER]
     pending_since: float | None = None
     told: list[str] = []
+    judged: int | None = None  # Volcano's restarts of the job so far, all judged
     while True:
         state = _reading(deployment, f"read the state of {name}", lambda: jobs.state(name))
         if state is None:
             return JobState("Deleted", "", "the job no longer exists")
+        for _ in range(state.restarts - (state.restarts if judged is None else judged)):
+            again = restarts.again("Failed")
+            if again is None:
+                _reading(deployment, f"delete {name}", lambda: jobs.delete(name))
+                raise LaunchError(f"Volcano job {name} failed again ({restarts.used_up()}): deleted it")
+            print(f"{name} {again}", flush=True)
+        judged = state.restarts
         if state.ended:
             return state
         if state.phase != "Pending":

@@ -275,6 +275,7 @@ def _run_trainer(
         args += ["--init", checkpoint]
     stage_spec = spec.stage(stage)
     resources = stage_spec.resources
+    stage_dir = out if command == "train" else None  # where a training job keeps its checkpoints
     app = trainer(
         *args,
         name=job_name(spec.name, data.branch, stage, data.run_id),
@@ -293,7 +294,7 @@ def _run_trainer(
     )
     if scheduler == KUBERNETES_SCHEDULER:
         identity = JobIdentity(spec.name, data.run_id, data.branch, stage, command)
-        launch_on_cluster(app, deployment, identity)
+        launch_on_cluster(app, deployment, identity, stage_dir)
         return
     if scheduler != LOCAL_SCHEDULER:
         raise ValueError(
@@ -301,7 +302,7 @@ def _run_trainer(
         )
     # Locally, keep every replica's log beside the stage's results instead of in a temporary directory.
     log_dir = storage.join(out, "logs") if "://" not in out else None
-    launch_local(app, scheduler_cfg(scheduler, deployment, log_dir))
+    launch_local(app, scheduler_cfg(scheduler, deployment, log_dir), stage_dir)
 
 
 def _log_metrics(metrics: MetricsLike, result: StageMetrics) -> None:
@@ -468,7 +469,7 @@ def _evaluated_in_training(
         and trained.job.evaluation == spec.evaluation
         and trained.job.spec == stage
         and trained.job.model == spec.model
-        and trained.world_size == stage.resources.nnodes * stage.resources.nproc_per_node
+        and trained.world_size == stage.resources.node_range[1] * stage.resources.nproc_per_node
         and stage.resources.gpus == 0
         and trained.unreadable == 0
         and deployment.pushgateway is None

@@ -97,6 +97,7 @@ class JobState:
     phase: str
     reason: str
     message: str
+    restarts: int = 0  # status.retryCount: how often Volcano has restarted the job
 
     @property
     def ended(self) -> bool:
@@ -104,6 +105,28 @@ class JobState:
 
     def why(self) -> str:
         return ": ".join(part for part in (self.reason, self.message) if part)
+
+
+# A pod that fails or is evicted (a preempted node's, with notice or without) restarts the whole job, as
+# DDP needs every rank. Volcano cannot tell a preemption from a failure: every RestartJob counts in
+# status.retryCount, and the job fails once that reaches spec.maxRetry (volcano-sh/volcano v1.10
+# pkg/controllers/job/state/running.go: RestartJobAction -> RetryCount++; state/restarting.go: RetryCount
+# >= MaxRetry -> Failed, so maxRetry N allows N - 1 restarts); it has no restart that does not count, and
+# an exitCode policy sees only the pod's first container, torchrun, which exits 1 whatever its workers
+# did (job_controller_handler.go updatePod: ContainerStatuses[0]). So a job may restart as often as its
+# launcher allows in all, and the launcher, which can tell the two apart, deletes it once its failures
+# have used up max_retries (mega3d.pipelines.launcher.Restarts).
+RESTART_POLICIES = (
+    {"event": "PodEvicted", "action": "RestartJob"},
+    {"event": "PodFailed", "action": "RestartJob"},
+)
+
+
+def restart_on_any_pod_loss(resource: dict[str, Any], restarts: int) -> None:
+    """Let Volcano restart the job after any pod's failure or eviction, up to `restarts` times."""
+    resource["spec"]["maxRetry"] = restarts + 1
+    for task in resource["spec"]["tasks"]:
+        task["policies"] = [dict(policy) for policy in RESTART_POLICIES]
 
 
 def api_client() -> ApiClient:
@@ -262,5 +285,11 @@ class VolcanoJobs:
 
 
 def _state(job: Mapping[str, Any]) -> JobState:
-    state = job.get("status", {}).get("state", {})
-    return JobState(state.get("phase") or "Pending", state.get("reason") or "", state.get("message") or "")
+    status = job.get("status", {})
+    state = status.get("state", {})
+    return JobState(
+        state.get("phase") or "Pending",
+        state.get("reason") or "",
+        state.get("message") or "",
+        int(status.get("retryCount") or 0),
+    )

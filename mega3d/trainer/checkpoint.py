@@ -81,12 +81,32 @@ class RankProgress(Record):
 
 class EpochProgress(Record):
     """How far into the epoch after `CheckpointHeader.epoch` a step checkpoint is: what resumes that epoch
-    at its next batch, as if it had not stopped."""
+    at its next global batch, as if it had not stopped, on any world size that cuts the epoch alike."""
 
-    batches: int  # of the epoch, done
+    batches: int  # global batches (updates) of the epoch, done
     seconds: float  # training time of the epoch so far
+    batch: int  # clips per process and step
+    global_batch: int  # clips per update
     ranks: list[RankProgress]  # by rank
     noticed_at: float | None = None  # when written on SIGTERM (seconds since the epoch); None: on time
+
+    def of_rank(self, rank: int, world_size: int) -> RankProgress:
+        """What `rank` takes up: its own sums, on the world size that wrote them. On another, rank 0 takes
+        up all of them (the epoch adds up every rank's at its end) and the others start from none; the
+        time waited for data, averaged over ranks at the end, is scaled to the new world size."""
+        if len(self.ranks) == world_size:
+            return self.ranks[rank]
+        steps = self.ranks[0].non_finite_steps  # the same on every rank: they agree on it each step
+        if rank:
+            return RankProgress(totals=[0.0] * 4, failed=0, non_finite_steps=steps)
+        loss, correct, clips, waited = (
+            sum(column) for column in zip(*(r.totals for r in self.ranks), strict=True)
+        )
+        return RankProgress(
+            totals=[loss, correct, clips, waited * world_size / len(self.ranks)],
+            failed=sum(r.failed for r in self.ranks),
+            non_finite_steps=steps,
+        )
 
 
 class CheckpointHeader(Record):
@@ -185,7 +205,9 @@ def save_epoch(stage_dir: str, header: CheckpointHeader, tensors: Mapping[str, A
     storage.write_bytes(uri, data)
     if hashlib.sha256(storage.read_bytes(uri)).hexdigest() != digest:
         raise CheckpointError(f"{uri}: what was read back differs from what was written")
-    LatestEpoch(epoch=epoch, file=name, sha256=digest).write(storage.join(directory, LATEST_FILE))
+    noticed_at = header.progress.noticed_at if header.progress else None
+    pointer = LatestEpoch(epoch=epoch, file=name, sha256=digest, noticed_at=noticed_at)
+    pointer.write(storage.join(directory, LATEST_FILE))
     found = {posixpath.basename(path): path for path in storage.list_dir(directory)}
     named = {name: CHECKPOINT_NAME.fullmatch(name) for name in found}
     epochs = sorted(
@@ -272,10 +294,10 @@ class TrainingState:
         }
 
     def save_epoch(
-        self, stage_dir: str, keep: int, progress: tuple[RankProgress, int, float] | None = None
+        self, stage_dir: str, keep: int, progress: tuple[RankProgress, EpochProgress] | None = None
     ) -> None:
         """A verified epoch checkpoint with every rank's random state (a collective: all ranks call it).
-        With `progress` (this rank's sums, the batches of the next epoch done, its seconds so far), a step
+        With `progress` (this rank's sums, and how far into the next epoch it is, without ranks), a step
         checkpoint of that epoch, with every rank's sums and buffers: each rank's BatchNorm statistics have
         taken in its own batches since DDP last sent it rank 0's, and the validation after an epoch that
         resumes at its end sees them before any step would send rank 0's again."""
@@ -288,10 +310,9 @@ class TrainingState:
             return
         header, tensors = self.header(), {**self.tensors(), "rng": list(rng)}
         if progress is not None:
-            _, batches, seconds = progress
             ranks = [rank for rank in sums if rank is not None]
             noticed_at = time.time() if any(rank.noticed for rank in ranks) else None
-            within = EpochProgress(batches=batches, seconds=seconds, ranks=ranks, noticed_at=noticed_at)
+            within = progress[1].model_copy(update={"ranks": ranks, "noticed_at": noticed_at})
             header = header.model_copy(update={"progress": within})
             tensors["rank_buffers"] = list(rank_buffers)
         save_epoch(stage_dir, header, tensors, keep)
@@ -303,8 +324,8 @@ class TrainingState:
 
     def restore(self, stage_dir: str) -> bool:
         """Continue after the newest epoch checkpoint of `stage_dir`, if there is one, as if the stage had
-        not stopped: weights, optimizer, schedule, counters, history, and each rank's random state (so that
-        the next epoch samples the clips and augmentations it would have)."""
+        not stopped: weights, optimizer, schedule, counters, history, each rank's random state (on the world
+        size that saved it), and, from a step checkpoint, how far into the next epoch it was."""
         state = load_latest(stage_dir)
         if state is None:
             return False
@@ -318,15 +339,15 @@ class TrainingState:
             self.preemptions += 1
             self.preempted_seconds += max(0.0, time.time() - header.progress.noticed_at)
         rng = state["rng"]
-        same_world = len(rng) == self.rank.world_size
-        if same_world:  # each rank continues its own sequence
+        if len(rng) == self.rank.world_size:  # each rank continues its own sequence
             python_state, torch_state = rng[self.rank.rank]
             random.setstate(python_state)
             torch.set_rng_state(torch_state)
-        # Another world size splits the epoch's clips otherwise: that epoch starts again from its first batch.
-        self.progress = header.progress if same_world else None
+        # Clips draw from seeds of their own (TrainingOrder): another world size goes on with the same ones.
+        self.progress = header.progress
         if self.progress is not None:
-            own = state["rank_buffers"][self.rank.rank]
+            buffers = state["rank_buffers"]
+            own = buffers[self.rank.rank] if self.rank.rank < len(buffers) else buffers[0]
             for name, buffer in self.model.named_buffers():
                 buffer.copy_(own[name])
         return True

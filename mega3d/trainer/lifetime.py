@@ -24,7 +24,7 @@ def end_with_parent(parent: int, signum: signal.Signals) -> None:
 
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on notice after saving; to be started again, not a failure
-PREEMPTED = "preempted: "  # how rank 0 says so in the job's log, where the local launcher looks for it
+PREEMPTED = "preempted: "  # how rank 0 says so in the job's log
 
 
 class StopNotice:

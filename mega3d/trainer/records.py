@@ -97,6 +97,9 @@ class LatestEpoch(Record):
     epoch: int
     file: str  # its name in the checkpoints directory
     sha256: str  # of its bytes, as written and read back
+    # A step checkpoint written on notice (SIGTERM): when. What tells the launcher that a job that ended
+    # unsuccessfully was preempted (a new notice since it last looked) rather than failed.
+    noticed_at: float | None = None
 
 
 class RankInfo(Record):

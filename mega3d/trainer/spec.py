@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from mega3d.trainer.model_catalog import FAMILIES, canonical_name, family_of, model_names, unknown_model
@@ -184,23 +185,55 @@ class ScheduleSpec(_Strict):
     warmup_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)] = 0
 
 
+MAX_NODES = 1024
+DEFAULT_BATCH_SIZE = 32
+NODE_RANGE = re.compile(r"\d{1,4}:\d{1,4}")  # elastic: "min:max"
+
+
+def _node_count(value: Any) -> Any:
+    # One message for either form (a union would report why the value is neither, twice).
+    if isinstance(value, str) and NODE_RANGE.fullmatch(value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 1 <= value <= MAX_NODES:
+            return value
+        raise PydanticCustomError("node_count", "must be 1 to {most} nodes", {"most": MAX_NODES})
+    raise PydanticCustomError("node_count", "must be a number of nodes, or 'min:max' (elastic, e.g. '2:4')")
+
+
 class ResourcesSpec(_Strict):
-    nnodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    nnodes: Annotated[int | str, BeforeValidator(_node_count)] = Field(
+        default=1,
+        description="Nodes; or 'min:max' (elastic): the stage starts once min nodes are there and goes on, "
+        "after a preemption, on whatever number of nodes comes back (needs global_batch_size).",
+    )
     nproc_per_node: Annotated[int, Field(ge=1, le=256)] = 1
     gpus: Annotated[int, Field(ge=0, le=64)] = 0  # per node
     cpu: Annotated[int, Field(ge=1, le=4096)] = 4
     memory_gb: Annotated[int, Field(ge=1, le=65_536)] = 16
 
+    @property
+    def node_range(self) -> tuple[int, int]:
+        """(fewest, most) nodes the stage trains on: both `nnodes` when it is a number."""
+        if isinstance(self.nnodes, int):
+            return self.nnodes, self.nnodes
+        fewest, most = self.nnodes.split(":")
+        return int(fewest), int(most)
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.nnodes, str)
+
 
 class _StageSpec(_Strict):
     epochs: Epochs = 200
-    batch_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
-        default=32, description="Clips per process and step."
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] | None = Field(
+        default=None, description=f"Clips per process and step ({DEFAULT_BATCH_SIZE} if neither is given)."
     )
     global_batch_size: Annotated[int, Field(ge=1, le=16_777_216)] | None = Field(
         default=None,
         description="Clips per optimizer step over all processes, whatever the node count: sets batch_size "
-        "to global_batch_size / (nnodes x nproc_per_node x accumulate).",
+        "to global_batch_size / (nnodes x nproc_per_node x accumulate); with 'min:max' nodes, max nodes.",
     )
     accumulate: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=1, description="Steps whose gradients add up before an update."
@@ -235,12 +268,16 @@ class _StageSpec(_Strict):
         default=None, description="Node-local directory (e.g. an SSD) that keeps a copy of each video read."
     )
 
-    def process_batch_size(self) -> int:
-        """Clips per process and step: `batch_size`, or the share of `global_batch_size`."""
+    def batching(self, processes: int) -> tuple[int, int]:
+        """(clips per process and step, steps whose gradients add up per update) on `processes` processes:
+        `batch_size` and `accumulate`; or, with `global_batch_size`, the share of each process at the most
+        nodes, and as many steps as make up the global batch on `processes`. The batch per process (which
+        BatchNorm normalises over) is the same on every node count; fewer nodes accumulate more steps."""
         if self.global_batch_size is None:
-            return self.batch_size
+            return self.batch_size or DEFAULT_BATCH_SIZE, self.accumulate
         res = self.resources
-        return self.global_batch_size // (res.nnodes * res.nproc_per_node * self.accumulate)
+        batch = self.global_batch_size // (res.node_range[1] * res.nproc_per_node * self.accumulate)
+        return batch, self.global_batch_size // (processes * batch)
 
 
 class PretrainSpec(_StageSpec):
@@ -545,7 +582,7 @@ def _reference_problems(spec: ExperimentSpec) -> list[Problem]:
             problems.append(Problem(f"pretrain.datasets[{i}]", f"{name!r} is listed twice"))
     for path, stage in spec.stages():
         res = stage.resources
-        problems += _schedule_problems(path, stage)
+        problems += _schedule_problems(path, stage) + _batch_problems(path, stage)
         if not res.gpus and stage.precision == "bf16":
             # PyTorch's CPU bf16 3D convolutions crash (with channels_last_3d) or return non-finite
             # gradients on some CPUs (seen with torch 2.13), and are no faster than fp32 there.
@@ -674,22 +711,40 @@ def _schedule_problems(path: str, stage: PretrainSpec | FinetuneSpec) -> list[Pr
         )
     if optimizer.nesterov and optimizer.momentum == 0:
         problems.append(Problem(f"{path}.optimizer.nesterov", "needs momentum > 0"))
-    if stage.global_batch_size is not None:
-        res = stage.resources
-        share = res.nnodes * res.nproc_per_node * stage.accumulate
-        if "batch_size" in stage.model_fields_set:
-            problems.append(
-                Problem(f"{path}.global_batch_size", "give global_batch_size or batch_size, not both")
-            )
-        elif stage.global_batch_size % share:
-            problems.append(
-                Problem(
-                    f"{path}.global_batch_size",
-                    f"{stage.global_batch_size} clips do not divide among {res.nnodes} x "
-                    f"{res.nproc_per_node} processes x {stage.accumulate} accumulated steps",
-                )
-            )
     return problems
+
+
+def _batch_problems(path: str, stage: PretrainSpec | FinetuneSpec) -> list[Problem]:
+    """The node range, and a global batch that divides evenly on every node count in it."""
+    res, total = stage.resources, stage.global_batch_size
+    fewest, most = res.node_range
+    if not 1 <= fewest <= most <= MAX_NODES:
+        return [Problem(f"{path}.resources.nnodes", f"'min:max' needs 1 <= min <= max <= {MAX_NODES}")]
+    if res.elastic and total is None:
+        message = "an elastic node count needs global_batch_size, so that the update does not change with it"
+        return [Problem(f"{path}.resources.nnodes", message)]
+    if res.elastic and stage.sync_batchnorm:
+        message = "SyncBatchNorm normalises over every process, whose number an elastic node count changes"
+        return [Problem(f"{path}.sync_batchnorm", message)]
+    if total is None:
+        return []
+    if stage.batch_size is not None:
+        return [Problem(f"{path}.global_batch_size", "give global_batch_size or batch_size, not both")]
+    if total % (most * res.nproc_per_node * stage.accumulate):
+        message = (
+            f"{total} clips do not divide among {most} x {res.nproc_per_node} processes x "
+            f"{stage.accumulate} accumulated steps"
+        )
+        return [Problem(f"{path}.global_batch_size", message)]
+    batch = stage.batching(most * res.nproc_per_node)[0]
+    for nodes in range(fewest, most):
+        if total % (nodes * res.nproc_per_node * batch):
+            message = (
+                f"{total} clips do not divide among {nodes} x {res.nproc_per_node} processes in batches "
+                f"of {batch} (the batch per process at {most} nodes)"
+            )
+            return [Problem(f"{path}.global_batch_size", message)]
+    return []
 
 
 # What a spec may be, beyond what its fields allow: a spec is a page of YAML, and these bounds keep hostile

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import math
 import os
 import random
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mega3d.trainer import environment, storage
 from mega3d.trainer.checkpoint import (
@@ -110,17 +110,39 @@ class Preempted(RuntimeError):
     """SIGTERM came: every rank finished the step, and a step checkpoint holds where the stage was."""
 
 
-class ResumableSampler(DistributedSampler[Any]):
-    """The DistributedSampler of training, which can start an epoch part-way: its first `skip` indices (of
-    this rank's order for the epoch, the clips of the batches a step checkpoint had done) are left out."""
+class TrainingOrder(Sampler[tuple[int, int]]):
+    """The clips of this rank in a training epoch, each with the seed of its random draws (see
+    TrainingClips).
 
-    skip = 0
+    The epoch's order is a permutation of the videos seeded by the stage's seed and the epoch, cut into
+    `steps` global batches of `batch` x `processes` x `accumulate` clips (what does not fill a global batch
+    waits for another epoch), and those into batches of `batch` numbered 0, 1, ... from the start: rank r
+    takes batches r, r + processes, r + 2 x processes, ... So batch k holds the same clips, drawn alike, on
+    any number of processes that share the global batch in batches of that size: a stage that goes on at
+    another world size (elastic nodes) sees the clips its first world size would have, at every update.
+    `skip`: global batches of the epoch done (a step checkpoint's), left out."""
 
-    def __iter__(self) -> Any:
-        return itertools.islice(super().__iter__(), self.skip, None)
+    def __init__(
+        self, videos: int, batch: int, processes: int, accumulate: int, rank: int, seed: int
+    ) -> None:
+        self.videos, self.batch, self.processes, self.accumulate = videos, batch, processes, accumulate
+        self.rank, self.seed = rank, seed
+        self.global_batch = batch * processes * accumulate
+        self.steps = videos // self.global_batch
+        self.epoch = 0
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.videos, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.videos,), generator=generator).tolist()
+        per_step = self.processes * self.accumulate
+        for number in range(self.skip * per_step + self.rank, self.steps * per_step, self.processes):
+            for position in range(number * self.batch, (number + 1) * self.batch):
+                yield order[position], seeds[position]
 
     def __len__(self) -> int:
-        return super().__len__() - self.skip
+        return (self.steps - self.skip) * self.accumulate * self.batch
 
 
 @dataclass(frozen=True)
@@ -240,46 +262,46 @@ class Trainer:
             clip=ClipShape(frames=clip.frames, size=clip.size, mean=clip.mean, std=clip.std),
         )
 
-    def _loader(
-        self, dataset: Dataset[Any], batch_size: int, shuffle: bool, drop_last: bool = False
-    ) -> DataLoader[Any]:
-        """Training: DistributedSampler (shuffled, padded so that every rank takes as many DDP steps).
-        Evaluation: each window on exactly one rank."""
-        sampler: Sampler[int] = (
-            ResumableSampler(dataset, shuffle=True, drop_last=False)
-            if shuffle
-            else RankShare(len(dataset), self.rank.rank, self.rank.world_size)  # type: ignore[arg-type]
-        )
+    def _loader(self, dataset: Dataset[Any], sampler: Sampler[Any], batch_size: int) -> DataLoader[Any]:
         workers = self.job.spec.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.rank.device.type == "cuda",
-            collate_fn=None if shuffle else collate_clips,
+            collate_fn=None if isinstance(sampler, TrainingOrder) else collate_clips,
         )
 
     def training_loader(self) -> DataLoader[Any]:
-        """One clip per training video and epoch, in batches of the stage's per-process batch size."""
-        job, spec = self.job, self.job.spec
+        """One clip per training video and epoch (TrainingOrder), in batches of the stage's per-process
+        batch size, `accumulate` of them per update on this world size."""
+        job, spec, world = self.job, self.job.spec, self.rank.world_size
         clips = TrainingClips(self.index, "training", spec.clip, spec.cache_dir)
         eval_split = job.evaluation.split
         for split, rows in (("training", clips.rows), (eval_split, self.index.rows(eval_split))):
             if not len(rows):  # found now rather than after the last epoch
                 raise ValueError(f"{job.data_index}: the dataset has no {split} videos")
-        # BatchNorm cannot train on a batch of one clip: drop a short last batch, and refuse a dataset that
-        # leaves a process fewer than two clips.
-        per_process = math.ceil(len(clips) / self.rank.world_size)
-        if per_process < 2:
+        batch, accumulate = spec.batching(world)
+        if spec.global_batch_size is not None and spec.global_batch_size != batch * world * accumulate:
             raise ValueError(
-                f"{job.data_index}: {len(clips)} training videos for {self.rank.world_size} processes; "
-                "each process needs at least 2"
+                f"stage {job.stage}: global_batch_size {spec.global_batch_size} does not divide among "
+                f"{world} processes in batches of {batch}"
             )
-        batch_size = spec.process_batch_size()
-        return self._loader(clips, batch_size, shuffle=True, drop_last=per_process >= batch_size)
+        if len(clips) < batch * world * accumulate:  # a dataset smaller than a global batch: one update
+            batch = len(clips) // (world * accumulate)
+        if batch < 2:  # BatchNorm cannot train on a batch of one clip
+            raise ValueError(
+                f"{job.data_index}: {len(clips)} training videos for {world} processes x {accumulate} "
+                "accumulated steps; each batch needs at least 2"
+            )
+        order = TrainingOrder(len(clips), batch, world, accumulate, self.rank.rank, spec.seed)
+        self.log(
+            f"global batch {order.global_batch} = {world} processes x {batch} clips x {accumulate} "
+            f"accumulated; {order.steps} updates an epoch"
+        )
+        return self._loader(clips, order, batch)
 
     def validation_loader(self) -> tuple[DataLoader[Any], int] | None:
         """The middle window of each validation video (a cheap per-epoch loss), and how many there are;
@@ -295,7 +317,8 @@ class Trainer:
         )
         if not len(windows):
             return None
-        return self._loader(windows, self.job.evaluation.batch_size, shuffle=False), len(windows)
+        share = RankShare(len(windows), self.rank.rank, self.rank.world_size)
+        return self._loader(windows, share, self.job.evaluation.batch_size), len(windows)
 
     def count_unreadable(self, failed: torch.Tensor, clips: int, what: str) -> None:
         """Add up clips that could not be decoded on all ranks; stop when there are too many."""
@@ -313,16 +336,21 @@ class Trainer:
         """The paper's recipe: epochs of SGD over training clips, each followed by the validation loss, on
         which the learning rate steps; a checkpoint after each epoch."""
         loader, validation = self.training_loader(), self.validation_loader()
+        order = loader.sampler
+        assert isinstance(order, TrainingOrder)
         for epoch in range(self.start_epoch, self.job.spec.epochs + 1):
             started = time.monotonic()
-            assert isinstance(loader.sampler, ResumableSampler)
-            loader.sampler.set_epoch(epoch)
             resumed = self.state.progress if epoch == self.start_epoch else None
-            assert loader.batch_size is not None
-            loader.sampler.skip = resumed.batches * loader.batch_size if resumed else 0
+            if resumed and (resumed.batch, resumed.global_batch) != (order.batch, order.global_batch):
+                self.log(
+                    f"the step checkpoint's batches ({resumed.global_batch} clips in batches of "
+                    f"{resumed.batch}) are not this world size's: epoch {epoch} starts again"
+                )
+                resumed = None
+            order.epoch, order.skip = epoch, resumed.batches if resumed else 0
             self.schedule.set_epoch(epoch)
             lr = self.schedule.lr
-            trained = self.train_epoch(loader, epoch, resumed)
+            trained = self.train_epoch(loader, order, resumed)
             started -= resumed.seconds if resumed else 0.0
             val_loss = self.validate(*validation) if validation is not None else trained.loss
             if not math.isfinite(val_loss):  # an epoch of fewer than DIVERGED_STEPS steps ends here
@@ -382,15 +410,15 @@ class Trainer:
         return torch.autocast(self.rank.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def train_epoch(
-        self, loader: DataLoader[Any], epoch: int, resumed: EpochProgress | None = None
+        self, loader: DataLoader[Any], order: TrainingOrder, resumed: EpochProgress | None = None
     ) -> TrainedEpoch:
-        """One epoch, or what a step checkpoint (`resumed`) left of it: it goes on at the next batch, with
-        each rank's sums of the batches before."""
+        """Epoch `order.epoch`, or what a step checkpoint (`resumed`) left of it: it goes on at the next
+        global batch, with the sums of the batches before."""
         set_train_mode(self.model, self.frozen)
-        done = resumed.batches if resumed else 0
-        total = done + len(loader)  # batches of the whole epoch
+        epoch, accumulate = order.epoch, order.accumulate
+        done, total = (resumed.batches if resumed else 0), order.steps  # global batches (updates)
         mine = (
-            resumed.ranks[self.rank.rank]
+            resumed.of_rank(self.rank.rank, self.rank.world_size)
             if resumed
             else RankProgress(totals=[0.0] * 4, failed=0, non_finite_steps=0)
         )
@@ -402,23 +430,30 @@ class Trainer:
         before = resumed.seconds if resumed else 0.0
         started = last_report = asked = time.monotonic()
         batches = prefetched(loader, self.training_batch, self.rank.device)
-        for step, (clips, labels, skipped) in enumerate(batches, done + 1):
+        for micro, (clips, labels, skipped) in enumerate(batches, done * accumulate + 1):
             waited = time.monotonic() - asked
             totals[3] += waited
             failed += skipped.sum()
             self.exporter.unreadable_videos.inc(int(skipped.sum()))
-            update = step % self.job.spec.accumulate == 0 or step == total
-            loss, correct = self.train_step(clips, labels, update)
+            update = micro % accumulate == 0
+            step = micro // accumulate  # global batches done, this one once it updates
+            loss, correct = self.train_step(clips, labels, accumulate, update)
             noticed, due = self.check_step(loss, epoch, step)
             totals[:3] += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
             now = time.monotonic()
             self.exporter.record_step(now - asked, waited, len(labels), loss)
             if update and (noticed or due):  # between updates, accumulated gradients would be lost
-                within = (epoch, step, total, before + now - started)
-                self.save_step(within, totals, failed, noticed)
+                within = EpochProgress(
+                    batches=step,
+                    seconds=before + now - started,
+                    batch=order.batch,
+                    global_batch=order.global_batch,
+                    ranks=[],
+                )
+                self.save_step(epoch, total, within, totals, failed, noticed)
             if now - last_report > PROGRESS_EVERY_S:
                 last_report = now
-                eta = (now - started) / (step - done) * (total - step)
+                eta = (now - started) / (micro - done * accumulate) * (total * accumulate - micro)
                 self.log(
                     f"epoch {epoch}  step {step}/{total}  loss {totals[0] / max(float(totals[2]), 1.0):.3f}  "
                     f"data wait {totals[3] / (before + now - started):.0%}  epoch ends in {duration(eta)}"
@@ -436,18 +471,23 @@ class Trainer:
         )
 
     def save_step(
-        self, within: tuple[int, int, int, float], totals: torch.Tensor, failed: torch.Tensor, noticed: bool
+        self,
+        epoch: int,
+        total: int,
+        within: EpochProgress,
+        totals: torch.Tensor,
+        failed: torch.Tensor,
+        noticed: bool,
     ) -> None:
-        """A step checkpoint after batch `step` of `total` of `epoch` (`within`, with the epoch's seconds so
-        far), with this rank's sums (a collective: every rank calls it); then Preempted if SIGTERM came."""
-        epoch, step, total, seconds = within
+        """A step checkpoint `within` epoch `epoch` of `total` global batches, with this rank's sums (a
+        collective: every rank calls it); then Preempted if SIGTERM came."""
         sums = RankProgress(
             totals=totals.tolist(),
             failed=float(failed),
             non_finite_steps=self.non_finite_steps,
             noticed=self.notice.given,
         )
-        self.state.save_epoch(self.job.out_dir, self.job.spec.keep_checkpoints, (sums, step, seconds))
+        self.state.save_epoch(self.job.out_dir, self.job.spec.keep_checkpoints, (sums, within))
         self.saved_at = time.monotonic()
         if not noticed:
             return
@@ -458,17 +498,21 @@ class Trainer:
         ]
         raise Preempted(
             f"stage {self.job.stage}: stopped on SIGTERM to {', '.join(told)} in epoch {epoch} after batch "
-            f"{step} of {total} (step {self.state.step}); a step checkpoint in {self.job.out_dir} holds it"
+            f"{within.batches} of {total} (step {self.state.step}); a step checkpoint in {self.job.out_dir} "
+            "holds it"
         )
 
-    def train_step(self, clips: torch.Tensor, labels: torch.Tensor, update: bool = True) -> tuple[float, int]:
-        """Forward and backward; the optimizer steps when `update` (gradients of the steps in between add
-        up, and DDP synchronises them only once, on the updating step)."""
+    def train_step(
+        self, clips: torch.Tensor, labels: torch.Tensor, accumulate: int = 1, update: bool = True
+    ) -> tuple[float, int]:
+        """Forward and backward of one of `accumulate` steps per update; the optimizer steps when `update`
+        (gradients of the steps in between add up, and DDP synchronises them only once, on the updating
+        step)."""
         with contextlib.nullcontext() if update else self.ddp.no_sync():
             with self.autocast():
                 logits = self.step_model(clips)
                 loss = self.loss_fn(logits.float(), labels)
-            (loss / self.job.spec.accumulate).backward()
+            (loss / accumulate).backward()
         if update:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -539,7 +583,8 @@ class Trainer:
             dist.broadcast(buffer, src=0)
         scores = VideoScores(self.index, windows.rows)
         failed = torch.zeros(1, dtype=torch.float64)
-        loader = self._loader(windows, self.job.evaluation.batch_size, shuffle=False)
+        share = RankShare(len(windows), self.rank.rank, self.rank.world_size)
+        loader = self._loader(windows, share, self.job.evaluation.batch_size)
         for clips, labels, videos, unreadable in prefetched(loader, self.evaluation_batch, self.rank.device):
             failed += unreadable
             self.exporter.unreadable_videos.inc(unreadable)

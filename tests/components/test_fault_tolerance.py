@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torchx.specs import AppDef
 
 from mega3d.components.train import trainer
 from mega3d.pipelines.launcher import LaunchError, free_port, launch_local
@@ -36,11 +37,8 @@ STAGE = {
 }
 
 
-def train_stage(
-    spec: Path, dataset: str, out: Path, capsys: pytest.CaptureFixture[str], max_retries: int = 1
-) -> None:
-    """Train the stage; a failed launch fails the test with the end of the job's log, not all of it."""
-    app = trainer(
+def stage_app(spec: Path, dataset: str, out: Path, max_retries: int, nnodes: int | str) -> AppDef:
+    return trainer(
         "train",
         "--spec",
         str(spec),
@@ -51,14 +49,26 @@ def train_stage(
         "--out",
         str(out),
         name="ft-test",
-        nnodes=2,
+        nnodes=nnodes,
         nproc_per_node=1,
         cpu=1,
         max_retries=max_retries,
         rdzv_port=free_port(),
     )
+
+
+def train_stage(
+    spec: Path,
+    dataset: str,
+    out: Path,
+    capsys: pytest.CaptureFixture[str],
+    max_retries: int = 1,
+    nnodes: int | str = 2,
+) -> None:
+    """Train the stage; a failed launch fails the test with the end of the job's log, not all of it."""
     try:
-        launch_local(app, {"log_dir": str(out / "logs")})
+        app = stage_app(spec, dataset, out, max_retries, nnodes)
+        launch_local(app, {"log_dir": str(out / "logs")}, stage_dir=str(out))
     except LaunchError as error:
         tail = "\n".join(capsys.readouterr().out.splitlines()[-60:])
         pytest.fail(f"{error}\nthe end of its log:\n{tail}", pytrace=False)
@@ -158,6 +168,26 @@ def test_a_killed_node_costs_at_most_one_checkpoint_interval(
         assert recovered[key] == pytest.approx(straight[key], abs=1e-6), key
 
 
+def sigterm_both_nodes_after_two_epochs(out: Path) -> tuple[threading.Thread, list[int]]:
+    """A thread that sends SIGTERM to both torchrun agents of the job writing to `out` once it has an
+    epoch checkpoint of epoch 2 (mid-training), and the pids it signalled."""
+    signalled: list[int] = []
+
+    def preempt() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not signalled:
+            agents = torchrun_agents(out)
+            if latest_epoch(out) >= 2 and len(agents) == 2:
+                for pid in agents:
+                    os.kill(pid, signal.SIGTERM)
+                signalled.extend(agents)
+            time.sleep(0.05)
+
+    preempter = threading.Thread(target=preempt, daemon=True)
+    preempter.start()
+    return preempter, signalled
+
+
 def torchrun_agents(out: Path) -> list[int]:
     """The pids of the torchrun processes (one per "node") of the job writing to `out`."""
     found = []
@@ -188,20 +218,7 @@ def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
     capsys.readouterr()
 
     interrupted = tmp_path / "interrupted"
-    signalled: list[int] = []
-
-    def preempt_after_two_epochs() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not signalled:
-            agents = torchrun_agents(interrupted)
-            if latest_epoch(interrupted) >= 2 and len(agents) == 2:
-                for pid in agents:
-                    os.kill(pid, signal.SIGTERM)
-                signalled.extend(agents)
-            time.sleep(0.05)
-
-    preempter = threading.Thread(target=preempt_after_two_epochs, daemon=True)
-    preempter.start()
+    preempter, signalled = sigterm_both_nodes_after_two_epochs(interrupted)
     train_stage(spec_file, dataset, interrupted, capsys, max_retries=0)
     preempter.join(timeout=1)
     log = capsys.readouterr().out
@@ -233,3 +250,66 @@ def test_a_preempted_job_saves_its_step_and_goes_on_exactly_where_it_was(
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     # The step checkpoint is gone once a later checkpoint supersedes it.
     assert not [p.name for p in (interrupted / "checkpoints").iterdir() if "-batch-" in p.name]
+
+
+@pytest.mark.slow
+def test_an_elastic_stage_preempted_on_two_nodes_goes_on_on_one_with_the_same_updates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nnodes: "1:2"` with a global batch of 4: two nodes take batches of 2; SIGTERM to both mid-training,
+    and only one node comes back (the launcher here is told not to start the job again, and the test starts
+    it on one node). It takes up the step checkpoint at the next global batch, in batches of 2 accumulated
+    twice, and trains on as the uninterrupted 2-node stage did: the same updates of the same clips, so the
+    same learning rates, training losses and weights (to rounding: two gradients add up in another order).
+    BatchNorm's running statistics, which DDP takes from rank 0 alone, are not compared."""
+    import torch
+
+    from mega3d.pipelines import launcher
+
+    stage = {key: value for key, value in STAGE.items() if key != "batch_size"}
+    stage.update(
+        epochs=8,
+        global_batch_size=4,
+        schedule={"kind": "cosine"},
+        resources={**STAGE["resources"], "nnodes": "1:2"},
+    )
+    spec_file, dataset = stage_of_two_nodes(tmp_path, stage)
+    train_stage(spec_file, dataset, tmp_path / "straight", capsys, nnodes="1:2")
+    assert "global batch 4 = 2 processes x 2 clips x 1 accumulated" in capsys.readouterr().out
+
+    interrupted = tmp_path / "interrupted"
+    preempter, signalled = sigterm_both_nodes_after_two_epochs(interrupted)
+    monkeypatch.setattr(launcher, "MAX_PREEMPTIONS", 0)
+    with pytest.raises(LaunchError):  # the job ends preempted, and is not started again here
+        launch_local(
+            stage_app(spec_file, dataset, interrupted, 0, "1:2"),
+            {"log_dir": str(interrupted / "logs")},
+            stage_dir=str(interrupted),
+        )
+    preempter.join(timeout=1)
+    assert signalled, "the job was not signalled while it trained"
+    (stopped,) = [line for line in capsys.readouterr().out.splitlines() if "stopped on SIGTERM" in line]
+    epoch, batch = (
+        int(word) for word in stopped.split("in epoch ")[1].split(" of ")[0].split(" after batch ")
+    )
+
+    train_stage(spec_file, dataset, interrupted, capsys, max_retries=0, nnodes=1)
+    log = capsys.readouterr().out
+    assert "global batch 4 = 1 processes x 2 clips x 2 accumulated" in log
+    assert f"resuming after epoch {epoch - 1} and {batch} batches of epoch {epoch}" in log
+    straight, recovered = (
+        json.loads((out / "metrics.json").read_text()) for out in (tmp_path / "straight", interrupted)
+    )
+    assert (straight["world_size"], recovered["world_size"]) == (2, 1)
+    assert [h["epoch"] for h in recovered["history"]] == list(range(1, 9))
+    assert [h["lr"] for h in recovered["history"]] == [h["lr"] for h in straight["history"]]
+    assert [h["train_loss"] for h in recovered["history"]] == pytest.approx(
+        [h["train_loss"] for h in straight["history"]], rel=1e-4
+    )
+    weights = [
+        torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
+        for out in (tmp_path / "straight", interrupted)
+    ]
+    trained = [name for name in weights[0] if not name.endswith(("running_mean", "running_var", "tracked"))]
+    for name in trained:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-3, atol=1e-5)

@@ -42,11 +42,11 @@ from mega3d.pipelines.launcher import (
     scheduler_cfg,
 )
 from mega3d.pipelines.settings import CREDENTIALS_DIR, STEP_POD_NAME, STEP_POD_UID, Deployment, Toleration
-from mega3d.pipelines.volcano import JobIdentity, Owner, VolcanoJobs
+from mega3d.pipelines.volcano import RESTART_POLICIES, JobIdentity, Owner, VolcanoJobs
 from mega3d.trainer import layout
 from mega3d.trainer.data.format import index_uri
 from tests.conftest import ROOT
-from tests.fake_kubernetes import FakeKubernetes, Request
+from tests.fake_kubernetes import FakeKubernetes, Kubelet, Request
 
 GOLDEN = Path(__file__).parent / "golden" / "volcano-job.yaml"
 VOLCANO_JOB_CRD = ROOT / "tests" / "k8s" / "schemas" / "batch.volcano.sh_jobs.yaml"
@@ -68,7 +68,7 @@ IDENTITY = JobIdentity("quickstart", "run-1", "", "pretrain", "train")
 STEP_POD = Owner("quickstart-abcde-system-container-impl-1234567890", "0c4e7f5a-uid-of-the-step-pod")
 
 
-def gpu_app(nnodes: int, name: str = "quickstart-pretrain") -> AppDef:
+def gpu_app(nnodes: int | str, name: str = "quickstart-pretrain") -> AppDef:
     """The quickstart's pretraining as the launcher builds it: nnodes x 8 GPUs."""
     return trainer(
         *("train", "--spec", f"{RUN}/{layout.SPEC_FILE}", "--stage", "pretrain"),
@@ -144,7 +144,8 @@ def test_volcano_job_runs_every_node_on_the_gpu_nodes_with_storage_credentials(
 ) -> None:
     job = quickstart_job
     spec = job["spec"]
-    assert (spec["queue"], spec["schedulerName"], spec["maxRetry"]) == ("gpu-training", "volcano", 3)
+    # 3 retries and 100 preemptions: the launcher tells them apart (launcher.Restarts), not Volcano.
+    assert (spec["queue"], spec["schedulerName"], spec["maxRetry"]) == ("gpu-training", "volcano", 104)
     assert [task["name"] for task in spec["tasks"]] == ["trainer-0", "trainer-1", "trainer-2", "trainer-3"]
     assert {task["replicas"] for task in spec["tasks"]} == {1}
     for pod in pods(job):
@@ -182,6 +183,18 @@ def test_volcano_job_and_its_pods_match_the_schemas(quickstart_job: dict[str, An
     validate_volcano_job(quickstart_job)
     for pod in pods(quickstart_job):
         kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_an_elastic_job_needs_its_fewest_nodes_and_takes_up_to_its_most() -> None:
+    """`nnodes: "2:4"`: four tasks, of which the first two are required (Volcano's job minAvailable,
+    unset, defaults to the sum of its tasks', as volcano-sh/volcano pkg/webhooks/admission/jobs/mutate
+    does): the gang starts on 2 nodes, and torchrun's rendezvous takes whoever joins up to 4."""
+    job = volcano_job(gpu_app(nnodes="2:4"))
+    validate_volcano_job(job)
+    tasks = job["spec"]["tasks"]
+    assert [task.get("minAvailable") for task in tasks] == [1, 1, 0, 0] and "minAvailable" not in job["spec"]
+    for pod in pods(job):
+        assert "--nnodes 2:4 --nproc_per_node 8" in pod["spec"]["containers"][0]["command"][-1]
 
 
 def test_schema_checks_catch_mistakes(quickstart_job: dict[str, Any]) -> None:
@@ -665,3 +678,81 @@ def test_status_reads_back_off_while_a_job_is_pending(
     reads = [r.time for r in fake.recorded("GET", "/jobs/[^/]+/status$")]
     gaps = [later - earlier for earlier, later in itertools.pairwise(reads)]
     assert gaps[0] < 0.35 and max(gaps[:6]) > 0.7  # 0.1 s doubling up to the cap
+
+
+@pytest.mark.slow
+def test_on_the_cluster_a_preemption_restarts_the_job_without_a_retry_and_a_failure_ends_it(
+    tmp_path: Path, use_fake_cluster: Callable[[FakeKubernetes], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-node CPU stage with `max_retries: 0` on the fake cluster's kubelet, whose job controller
+    restarts the job after a pod fails as Volcano's does (every restart counted in retryCount). SIGTERM to
+    both pods' torchrun mid-training: the trainers write a step checkpoint on notice and their pods fail;
+    Volcano restarts the job, the launcher finds the new notice, counts a preemption, and the job trains
+    on to the end. Then SIGKILL to one trainer of another job: Volcano restarts it too, but no notice came,
+    so it is a failure beyond max_retries, and the launcher deletes the job and fails the step."""
+    from tests.components.test_fault_tolerance import (
+        STAGE,
+        latest_epoch,
+        stage_of_two_nodes,
+        torchrun_agents,
+        training_process_of_rank,
+    )
+
+    spec_file, dataset = stage_of_two_nodes(tmp_path, {**STAGE, "epochs": 6, "max_retries": 0})
+    deployment = DEPLOYMENT.model_copy(update={"metrics_port": None, "credentials_secret": None})
+
+    def stage_app(out: Path) -> AppDef:
+        args = ["--spec", str(spec_file), "--stage", "pretrain", "--data-index", index_uri(dataset)]
+        return trainer("train", *args, "--out", str(out), name="spot", nnodes=2, cpu=1, max_retries=0)
+
+    def when_trained_two_epochs(out: Path, signal_them: Callable[[], list[int]]) -> list[int]:
+        signalled: list[int] = []
+
+        def wait_and_signal() -> None:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not signalled:
+                if latest_epoch(out) >= 2:
+                    signalled.extend(signal_them())
+                time.sleep(0.05)
+
+        threading.Thread(target=wait_and_signal, daemon=True).start()
+        return signalled
+
+    preempted = tmp_path / "preempted"
+
+    def sigterm_both_pods() -> list[int]:
+        agents = torchrun_agents(preempted)
+        if len(agents) < 2:
+            return []
+        for pid in agents:
+            os.kill(pid, signal.SIGTERM)
+        return agents
+
+    with FakeKubernetes([], kubelet=Kubelet(tmp_path)) as fake:
+        use_fake_cluster(fake)
+        signalled = when_trained_two_epochs(preempted, sigterm_both_pods)
+        launch_on_cluster(stage_app(preempted), deployment, IDENTITY, stage_dir=str(preempted))
+        job = fake.created_job()
+        assert signalled and job.retry_count == 1 and job.phase == "Completed"
+        assert job.resource["spec"]["maxRetry"] == 0 + launcher.MAX_PREEMPTIONS + 1
+        assert all(task["policies"] == list(RESTART_POLICIES) for task in job.resource["spec"]["tasks"])
+    printed = capsys.readouterr().out
+    assert "was preempted (1 so far): starting it again" in printed and "retries left" not in printed
+    metrics = json.loads((preempted / "metrics.json").read_text())
+    assert metrics["preemptions"] == 1 and [h["epoch"] for h in metrics["history"]] == list(range(1, 7))
+
+    failed = tmp_path / "failed"
+
+    def sigkill_rank_1() -> list[int]:
+        pid = training_process_of_rank(1, failed)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+        return [pid] if pid is not None else []
+
+    other = JobIdentity("quickstart", "run-2", "", "pretrain", "train")
+    with FakeKubernetes([], kubelet=Kubelet(tmp_path)) as fake:
+        use_fake_cluster(fake)
+        killed = when_trained_two_epochs(failed, sigkill_rank_1)
+        with pytest.raises(LaunchError, match=r"failed again \(max_retries 0 used up; restarted 0 times"):
+            launch_on_cluster(stage_app(failed), deployment, other, stage_dir=str(failed))
+        assert killed and not fake.jobs and fake.recorded("DELETE")

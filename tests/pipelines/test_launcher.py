@@ -51,6 +51,36 @@ def test_a_failed_local_job_is_started_again_up_to_its_retries(
     assert attempts.read_text() == "xx"  # the first run and one retry
 
 
+def test_a_job_stopped_after_a_checkpoint_on_notice_is_started_again_without_using_a_retry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Attempts 1 and 2 end after writing a step checkpoint on notice (as the trainer does on SIGTERM):
+    preemptions. Attempt 3 ends without a new notice: a failure, its one retry. Attempt 4 succeeds."""
+    stage = tmp_path / "stage"
+    code = f"""
+import pathlib, sys, time
+from mega3d.trainer.records import LatestEpoch
+stage = pathlib.Path({str(stage)!r}); attempts = stage / "attempts"
+n = len(attempts.read_text()) + 1 if attempts.exists() else 1
+attempts.write_text("x" * n)
+if n <= 2:
+    (stage / "checkpoints").mkdir(exist_ok=True)
+    pointer = LatestEpoch(epoch=1, file="epoch-00001-batch-000003.pt", sha256="0", noticed_at=time.time())
+    pointer.write(str(stage / "checkpoints" / "latest.json"))
+sys.exit(0 if n == 4 else 75)
+"""
+    stage.mkdir()
+    launch_local(python_app("spot", code, max_retries=1), stage_dir=str(stage))
+    printed = capsys.readouterr().out
+    assert (stage / "attempts").read_text() == "xxxx"
+    assert "was preempted (1 so far)" in printed and "was preempted (2 so far)" in printed
+    assert "ended FAILED: starting it again (1 retries left)" in printed
+    (stage / "attempts").unlink()
+    with pytest.raises(LaunchError, match="ended FAILED"):  # the same notice again is no new preemption
+        launch_local(python_app("spot", code.replace("n <= 2", "False")), stage_dir=str(stage))
+    assert (stage / "attempts").read_text() == "x"
+
+
 def test_a_failed_job_says_why_in_a_line() -> None:
     """The cause is the job's own last error, not TorchX's report of a failed process."""
     code = "raise FileNotFoundError(2, 'No such file or directory', '/data/shard-00000.bin')"

@@ -17,10 +17,11 @@ def quickstart_data() -> dict:
     return yaml.safe_load(QUICKSTART.read_text())
 
 
-def test_examples_load() -> None:
-    for path in sorted((QUICKSTART.parent).glob("*.yaml")):
+def test_examples_load_and_read_back_as_the_pipeline_hands_them_to_the_trainer() -> None:
+    for path in sorted(QUICKSTART.parent.glob("*.yaml")) + sorted(QUICKSTART.parent.glob("paper/*.yaml")):
         spec = load_spec(path)
         assert spec.stage_names()[0] == "pretrain"
+        assert spec_from_json(spec.model_dump_json(exclude_none=True)) == spec, path
 
 
 def test_the_papers_recipes_are_within_the_bounds() -> None:
@@ -111,6 +112,27 @@ MISTAKES = {
             or d["pretrain"].pop("batch_size")
         ),
         "pretrain.global_batch_size: 30 clips do not divide among 2 x 1 processes x 2 accumulated steps",
+    ),
+    "elastic nodes that cannot share the global batch": (
+        lambda d: (
+            d["pretrain"].pop("batch_size"),
+            d["pretrain"].update(global_batch_size=32),
+            d["pretrain"]["resources"].update(nnodes="2:4"),
+        ),
+        "pretrain.global_batch_size: 32 clips do not divide among 3 x 1 processes in batches of 8 (the batch "
+        "per process at 4 nodes)",
+    ),
+    "elastic nodes without a global batch": (
+        lambda d: d["pretrain"]["resources"].update(nnodes="1:2"),
+        "pretrain.resources.nnodes: an elastic node count needs global_batch_size",
+    ),
+    "an elastic range upside down": (
+        lambda d: d["pretrain"]["resources"].update(nnodes="4:2"),
+        "pretrain.resources.nnodes: 'min:max' needs 1 <= min <= max <= 1024",
+    ),
+    "a node count that is neither": (
+        lambda d: d["pretrain"]["resources"].update(nnodes="2-4"),
+        "pretrain.resources.nnodes: must be a number of nodes, or 'min:max'",
     ),
     "global and per-process batch": (
         lambda d: d["pretrain"].update(global_batch_size=32),
@@ -231,7 +253,7 @@ MISTAKES = {
     ),
     "a million nodes": (
         lambda d: d["pretrain"]["resources"].update(nnodes=10**6),
-        "pretrain.resources.nnodes: Input should be less than or equal to 1024",
+        "pretrain.resources.nnodes: must be 1 to 1024 nodes",
     ),
     "a million processes per node": (
         lambda d: d["pretrain"]["resources"].update(nproc_per_node=10**6),
@@ -525,5 +547,20 @@ def test_a_global_batch_is_shared_by_processes_and_accumulated_steps() -> None:
     data = quickstart_data()
     del data["pretrain"]["batch_size"]
     data["pretrain"].update(global_batch_size=64, accumulate=4)  # 2 nodes x 1 process
-    assert parse_spec(data).pretrain.process_batch_size() == 8
-    assert parse_spec(quickstart_data()).pretrain.process_batch_size() == 16  # batch_size as given
+    assert parse_spec(data).pretrain.batching(2) == (8, 4)
+    assert parse_spec(data).pretrain.batching(1) == (8, 8)  # by hand, on one process: the same update
+    assert parse_spec(quickstart_data()).pretrain.batching(5) == (16, 1)  # batch_size as given
+
+
+def test_elastic_nodes_keep_the_batch_per_process_and_accumulate_the_rest() -> None:
+    data = quickstart_data()
+    del data["pretrain"]["batch_size"]
+    data["pretrain"].update(global_batch_size=48, accumulate=1)
+    data["pretrain"]["resources"].update(nnodes="2:4", nproc_per_node=2)
+    with pytest.raises(SpecError, match="48 clips do not divide among 3 x 2 processes in batches of 6"):
+        parse_spec(data)
+    data["pretrain"]["resources"].update(nnodes="3:4")
+    data["pretrain"].update(global_batch_size=96, accumulate=3)  # batches of 4: 4 x 3 at 4 nodes, 4 x 4 at 3
+    stage = parse_spec(data).pretrain
+    assert stage.resources.node_range == (3, 4) and stage.resources.elastic
+    assert [stage.batching(nodes * 2) for nodes in (3, 4)] == [(4, 4), (4, 3)]

@@ -37,7 +37,7 @@ from mega3d.trainer.spec import (
     SyntheticSpec,
     parse_spec,
 )
-from mega3d.trainer.train import DIVERGED_STEPS, ResumableSampler, Trainer, duration
+from mega3d.trainer.train import DIVERGED_STEPS, Trainer, TrainingOrder, duration
 
 TINY_STAGE = {
     "epochs": 2,
@@ -423,9 +423,9 @@ def test_accumulated_steps_update_like_one_big_batch(
             if accumulate == 1:
                 trainer.train_step(clips, labels)
             else:
-                trainer.train_step(clips[:4], labels[:4], update=False)
+                trainer.train_step(clips[:4], labels[:4], accumulate=2, update=False)
                 assert all(p.grad is not None for p in trainer.model.parameters())  # kept for the next step
-                trainer.train_step(clips[4:], labels[4:], update=True)
+                trainer.train_step(clips[4:], labels[4:], accumulate=2, update=True)
             weights.append([p.detach().clone() for p in trainer.model.parameters()])
         finally:
             trainer.close()
@@ -621,19 +621,37 @@ def test_a_diverged_stage_fails_with_one_line_and_saves_nothing(
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_a_resumed_epoch_sees_the_rest_of_its_clips_once() -> None:
-    """With loader workers the augmentation differs after a restart, but the clips are those of the epoch:
-    the batches done are left out, the others come in the same order."""
+def updates(processes: int, accumulate: int, skip: int = 0) -> list[list[tuple[int, int]]]:
+    """The clips (video, seed) of each update of epoch 4 over 43 videos in batches of 2, in the order the
+    batches are numbered: on `processes` ranks, `accumulate` batches each per update, `skip` updates done."""
+    taken = []
+    for rank in range(processes):
+        order = TrainingOrder(43, batch=2, processes=processes, accumulate=accumulate, rank=rank, seed=3)
+        order.epoch, order.skip = 4, skip
+        clips = list(order)
+        assert len(clips) == len(order)
+        taken.append([clips[i : i + 2] for i in range(0, len(clips), 2)])
+    per_update = processes * accumulate
+    batches = [taken[rank][j] for j in range(len(taken[0])) for rank in range(processes)]
+    return [
+        [clip for batch in batches[i : i + per_update] for clip in batch]
+        for i in range(0, len(batches), per_update)
+    ]
 
-    def sampler(skip: int) -> ResumableSampler:
-        made = ResumableSampler(range(21), num_replicas=2, rank=1, shuffle=True, seed=3)  # type: ignore[arg-type]
-        made.set_epoch(4)
-        made.skip = skip
-        return made
 
-    whole = list(sampler(0))
-    assert list(sampler(4)) == whole[4:] and len(sampler(4)) == len(whole) - 4
-    assert sorted(whole[:4] + list(sampler(4))) == sorted(whole)
+def test_every_world_size_that_shares_the_global_batch_takes_the_same_clips_at_each_update() -> None:
+    """A global batch of 8 as 4 ranks x 1, 2 x 2 or 1 x 4 batches of 2: each update sees the same clips,
+    drawn from the same seeds, in the same batches; what does not fill a global batch is left out; a
+    resumed epoch, on any of them, sees the rest once."""
+    on_four = updates(4, 1)
+    assert len(on_four) == 43 // 8 and all(len(update) == 8 for update in on_four)
+    assert updates(2, 2) == on_four and updates(1, 4) == on_four
+    assert updates(1, 4, skip=2) == on_four[2:] and updates(2, 2, skip=3) == on_four[3:]
+    videos = [video for update in on_four for video, _ in update]
+    assert len(set(videos)) == len(videos) and set(videos) <= set(range(43))
+    other_epoch = TrainingOrder(43, batch=2, processes=4, accumulate=1, rank=0, seed=3)
+    other_epoch.epoch = 5
+    assert list(other_epoch) != [clip for update in on_four for clip in update[:2]]
 
 
 def test_step_checkpoints_come_every_checkpoint_minutes_and_give_way_to_the_next(
@@ -643,7 +661,7 @@ def test_step_checkpoints_come_every_checkpoint_minutes_and_give_way_to_the_next
     save_epoch = TrainingState.save_epoch
 
     def noting(state: TrainingState, stage_dir: str, keep: int, progress: Any = None) -> None:
-        saved.append(None if progress is None else progress[1])
+        saved.append(None if progress is None else progress[1].batches)
         save_epoch(state, stage_dir, keep, progress)
 
     monkeypatch.setattr(TrainingState, "save_epoch", noting)

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from mega3d.trainer.spec import ClipSpec
 
 
-def sample_crop(clip: ClipSpec, height: int, width: int) -> tuple[tuple[int, int, int], bool]:
-    """A training clip's crop box and whether to flip it, drawn as `clip` says (from `random`, which the
-    Trainer seeds and DataLoader workers reseed)."""
-    box = crop_box(height, width, random.choice(clip.scales), random.choice(clip.positions))
-    return box, clip.flip and random.random() < 0.5
+def sample_crop(
+    clip: ClipSpec, height: int, width: int, draw: random.Random
+) -> tuple[tuple[int, int, int], bool]:
+    """A training clip's crop box and whether to flip it, drawn from `draw` as `clip` says."""
+    box = crop_box(height, width, draw.choice(clip.scales), draw.choice(clip.positions))
+    return box, clip.flip and draw.random() < 0.5
 
 
 def crop_box(height: int, width: int, scale: float, position: str) -> tuple[int, int, int]:

@@ -73,7 +73,10 @@ class _SplitClips:
 
 
 class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
-    """One clip per video: (clip, flip it?, label, number of unreadable videos skipped to find it)."""
+    """One clip per video: (clip, flip it?, label, number of unreadable videos skipped to find it).
+
+    Indexed by (video, seed): the seed draws the clip's time position, crop and flip, so that a clip is the
+    same whichever process or loader worker reads it. A video alone draws them from `random`."""
 
     ATTEMPTS = 20
 
@@ -91,11 +94,13 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, Any, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, bool, Any, int]:
+        i, seed = key if isinstance(key, tuple) else (key, random.getrandbits(64))
+        draw = random.Random(seed)
         skipped = 0
         while True:
             row = int(self.rows[i])
-            start = random.randint(0, max(0, int(self.index.columns["frames"][row]) - self.frames))
+            start = draw.randint(0, max(0, int(self.index.columns["frames"][row]) - self.frames))
             try:
                 clip = clip_frames(self.reader, row, start, self.frames)
                 break
@@ -106,7 +111,7 @@ class TrainingClips(_SplitClips, Dataset[tuple[torch.Tensor, bool, Any, int]]):
                         f"{skipped} videos in a row could not be decoded: the dataset is damaged"
                     ) from None
                 i = (i + 1) % len(self.rows)  # the next video takes its place
-        box, flip = sample_crop(self.clip, clip.shape[1], clip.shape[2])
+        box, flip = sample_crop(self.clip, clip.shape[1], clip.shape[2], draw)
         return crop_resize(clip, box, self.size), flip, target(self.index, row), skipped
 
 
