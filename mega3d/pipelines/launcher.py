@@ -503,7 +503,8 @@ def _wait_on_cluster(jobs: VolcanoJobs, name: str, deployment: Deployment, resta
             again = restarts.again("Failed")
             if again is None:
                 _reading(deployment, f"delete {name}", lambda: jobs.delete(name))
-                raise LaunchError(f"Volcano job {name} failed again ({restarts.used_up()}): deleted it")
+                why = f"{state.why()}; " if state.why() else ""
+                raise LaunchError(f"Volcano job {name} failed again ({why}{restarts.used_up()}): deleted it")
             print(f"{name} {again}", flush=True)
         judged = state.restarts
         if state.ended:
