@@ -33,7 +33,15 @@ from typing import TypeVar
 from torchx.runner import Runner, get_runner
 from torchx.schedulers import get_scheduler_factories
 from torchx.schedulers.api import Stream
-from torchx.specs import AppDef, AppDryRunInfo, AppState, CfgVal, VolumeMount, make_app_handle
+from torchx.specs import (
+    AppDef,
+    AppDryRunInfo,
+    AppState,
+    CfgVal,
+    RetryPolicy,
+    VolumeMount,
+    make_app_handle,
+)
 from torchx.specs.overlays import JOIN, set_overlay
 
 from mega3d.pipelines.local import cause_in_log
@@ -238,8 +246,10 @@ def cluster_request(
         warnings.simplefilter("ignore", UserWarning)
         info = runner.dryrun(cluster_app(app, deployment), KUBERNETES_SCHEDULER, cfg=cfg)
     finish_resource(info.request.resource, identity, owner, deployment.finished_job_minutes * 60)
-    retries = max((role.max_retries for role in app.roles), default=0)
-    restart_on_any_pod_loss(info.request.resource, retries + MAX_PREEMPTIONS)
+    # Replicas that restart alone (an ingest's) keep TorchX's per-task retries; a DDP job restarts whole.
+    if all(role.retry_policy == RetryPolicy.APPLICATION for role in app.roles):
+        retries = max((role.max_retries for role in app.roles), default=0)
+        restart_on_any_pod_loss(info.request.resource, retries + MAX_PREEMPTIONS)
     return info
 
 

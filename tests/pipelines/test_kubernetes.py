@@ -698,7 +698,7 @@ def test_on_the_cluster_a_preemption_restarts_the_job_without_a_retry_and_a_fail
         training_process_of_rank,
     )
 
-    spec_file, dataset = stage_of_two_nodes(tmp_path, {**STAGE, "epochs": 6, "max_retries": 0})
+    spec_file, dataset = stage_of_two_nodes(tmp_path, {**STAGE, "epochs": 4, "max_retries": 0})
     deployment = DEPLOYMENT.model_copy(update={"metrics_port": None, "credentials_secret": None})
 
     def stage_app(out: Path) -> AppDef:
@@ -739,7 +739,7 @@ def test_on_the_cluster_a_preemption_restarts_the_job_without_a_retry_and_a_fail
     printed = capsys.readouterr().out
     assert "was preempted (1 so far): starting it again" in printed and "retries left" not in printed
     metrics = json.loads((preempted / "metrics.json").read_text())
-    assert metrics["preemptions"] == 1 and [h["epoch"] for h in metrics["history"]] == list(range(1, 7))
+    assert metrics["preemptions"] == 1 and [h["epoch"] for h in metrics["history"]] == list(range(1, 5))
 
     failed = tmp_path / "failed"
 
