@@ -92,6 +92,10 @@ class Restarts:
         self.failures = self.preemptions = 0
         self.notice = self._newest_notice()
 
+    @classmethod
+    def of(cls, app: AppDef, stage_dir: str | None) -> Restarts:
+        return cls(stage_dir, app_retries(app))
+
     def _newest_notice(self) -> float | None:
         if self.stage_dir is None:
             return None
@@ -116,6 +120,11 @@ class Restarts:
             f"max_retries {self.max_retries} used up; restarted {self.failures} times after a failure and "
             f"{self.preemptions} after a preemption"
         )
+
+
+def app_retries(app: AppDef) -> int:
+    """The app's `max_retries`: its roles' most."""
+    return max((role.max_retries for role in app.roles), default=0)
 
 
 class LaunchError(RuntimeError):
@@ -248,8 +257,7 @@ def cluster_request(
     finish_resource(info.request.resource, identity, owner, deployment.finished_job_minutes * 60)
     # Replicas that restart alone (an ingest's) keep TorchX's per-task retries; a DDP job restarts whole.
     if all(role.retry_policy == RetryPolicy.APPLICATION for role in app.roles):
-        retries = max((role.max_retries for role in app.roles), default=0)
-        restart_on_any_pod_loss(info.request.resource, retries + MAX_PREEMPTIONS)
+        restart_on_any_pod_loss(info.request.resource, app_retries(app) + MAX_PREEMPTIONS)
     return info
 
 
@@ -316,7 +324,7 @@ def launch_local(app: AppDef, cfg: Mapping[str, CfgVal] | None = None, stage_dir
     from its latest checkpoint; a job its trainers stopped on notice (SIGTERM, after a step checkpoint in
     `stage_dir`) without using up a retry.
     """
-    restarts = Restarts(stage_dir, max((role.max_retries for role in app.roles), default=0))
+    restarts = Restarts.of(app, stage_dir)
     # local_cwd starts `torchrun` from PATH: use the one beside this interpreter.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     while True:
@@ -364,7 +372,7 @@ def launch_on_cluster(
     submitted; fail with LaunchError if it does not succeed. Volcano restarts the job after any pod's
     failure or eviction; each restart the launcher sees is judged as Restarts says (counted from when
     it starts to follow the job), and the job is deleted once failures have used up `max_retries`."""
-    restarts = Restarts(stage_dir, max((role.max_retries for role in app.roles), default=0))
+    restarts = Restarts.of(app, stage_dir)
     owner = Owner.from_environment(os.environ)
     jobs = VolcanoJobs(deployment.namespace)
     with get_runner() as runner:
@@ -504,12 +512,13 @@ def _wait_on_cluster(jobs: VolcanoJobs, name: str, deployment: Deployment, resta
     interval = STATUS_POLL_SECONDS[KUBERNETES_SCHEDULER]
     pending_since: float | None = None
     told: list[str] = []
-    judged: int | None = None  # Volcano's restarts of the job so far, all judged
+    judged: int | None = None  # Volcano's restarts of the job so far, all judged (from the first read on)
     while True:
         state = _reading(deployment, f"read the state of {name}", lambda: jobs.state(name))
         if state is None:
             return JobState("Deleted", "", "the job no longer exists")
-        for _ in range(state.restarts - (state.restarts if judged is None else judged)):
+        judged = state.restarts if judged is None else judged
+        for _ in range(state.restarts - judged):
             again = restarts.again("Failed")
             if again is None:
                 _reading(deployment, f"delete {name}", lambda: jobs.delete(name))
