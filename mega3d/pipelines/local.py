@@ -125,6 +125,7 @@ class _ThreadState:
     dump_end: str | None = None  # in an executor dump: the line that closes it
     hidden_block: bool = False  # in a step's outputs dump or a traceback: hidden up to kfp's next line
     started: dict[str, float] = field(default_factory=dict)
+    indent: int = 0  # spaces before each line: kfp.local indents a step's streamed output
 
 
 class TaggedOutput:
@@ -141,8 +142,24 @@ class TaggedOutput:
             state = self.threads.setdefault(threading.get_ident(), _ThreadState())
             *lines, state.pending = (state.pending + text).split("\n")
             for line in lines:
-                self._emit(state, ANSI.sub("", line))
+                self._emit(state, " " * state.indent + ANSI.sub("", line))
         return len(text)
+
+    @contextlib.contextmanager
+    def indented(self, num_spaces: int = 4) -> Iterator[None]:
+        """kfp.local's `indented_print`, for the calling thread alone.
+
+        kfp.local's own swaps `builtins.print` for the whole process while a step streams its output, and
+        runs ParallelFor iterations in threads: an iteration that ended put the plain print back under one
+        still streaming, whose lines then lost the indentation that marks a step's output."""
+        with self.lock:
+            state = self.threads.setdefault(threading.get_ident(), _ThreadState())
+            state.indent += num_spaces
+        try:
+            yield
+        finally:
+            with self.lock:
+                state.indent -= num_spaces
 
     def flush(self) -> None:
         self.target.flush()
@@ -255,15 +272,25 @@ def _log_warning(
     print(f"{category.__name__}: {message}", file=sys.stderr)
 
 
+def relay_output(target: BinaryIO) -> TaggedOutput:
+    """This process's stdout, stderr, warnings and kfp.local's indentation of steps' output, tagged to
+    `target`."""
+    from kfp.local import logging_utils
+
+    tagged = TaggedOutput(target)
+    sys.stdout = sys.stderr = tagged
+    warnings.showwarning = _log_warning
+    logging_utils.indented_print = tagged.indented  # kfp.local's task_dispatcher looks it up on each task
+    return tagged
+
+
 def main() -> None:
     """The pipeline process: the request (JSON) on stdin, tagged lines on stdout."""
     _die_with_parent()
     signal.signal(signal.SIGTERM, _stop_run_and_exit)
     signal.signal(signal.SIGINT, _stop_run_and_exit)
     request = json.load(sys.stdin)
-    tagged = TaggedOutput(sys.stdout.buffer)
-    sys.stdout = sys.stderr = tagged
-    warnings.showwarning = _log_warning
+    relay_output(sys.stdout.buffer)
     try:
         run_local(
             request["spec_json"],

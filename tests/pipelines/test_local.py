@@ -8,6 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
+
+import pytest
 
 from mega3d.pipelines.local import (
     LOG_ONLY,
@@ -17,6 +20,7 @@ from mega3d.pipelines.local import (
     cause_in_log,
     marked_processes,
     plain_cause,
+    relay_output,
     stop_marked,
 )
 from mega3d.trainer.data.format import DatasetError
@@ -65,6 +69,45 @@ def test_dumps_of_steps_running_side_by_side_are_all_dropped() -> None:
     lines = target.getvalue().decode().splitlines()
     assert sorted(line for line in lines if line[0] == SHOWN) == ["S      b trains", "S  a trains"]
     assert len([line for line in lines if line[0] == LOG_ONLY]) == 14  # the log keeps every line
+
+
+def test_a_step_that_streams_after_another_ended_beside_it_still_shows_its_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kfp.local indents each step's streamed output, and ParallelFor iterations stream from threads:
+    one ending while the other streams must not take the other's indentation away."""
+    from kfp.local import logging_utils
+
+    for name in ("stdout", "stderr"):
+        monkeypatch.setattr(sys, name, getattr(sys, name))
+    monkeypatch.setattr(logging_utils, "indented_print", logging_utils.indented_print)
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    target = io.BytesIO()
+    relay_output(target)
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with logging_utils.indented_print():
+            first_in.set()
+            second_in.wait()
+            print("a trains")
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait()
+        with logging_utils.indented_print():
+            second_in.set()
+            first_out.wait()
+            print("b trains")
+
+    threads = [threading.Thread(target=step) for step in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = target.getvalue().decode().splitlines()
+    assert sorted(line for line in lines if line[0] == SHOWN) == ["S  a trains", "S  b trains"]
+    assert sorted(line for line in lines if line[0] == LOG_ONLY) == ["L    a trains", "L    b trains"]
 
 
 def test_a_step_shows_its_start_its_progress_and_its_end_and_nothing_of_kfp() -> None:
